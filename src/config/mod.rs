@@ -1,0 +1,663 @@
+//! hookguard's configuration: YAML in, validated internal types out.
+//!
+//! Loading goes in three steps, and every error of every step is collected and reported
+//! together as `PATH:LINE:COL: message`:
+//! 1. the YAML is parsed (serde_yaml) and its positions indexed ([`positions`]);
+//! 2. `${NAME}` / `${file:/path}` references in strings are expanded ([`expand`]);
+//! 3. each section is deserialized on its own into raw serde structs (unknown keys are
+//!    errors), then validated into the types the rest of hookguard uses, which serde never sees.
+//!
+//! Secrets are held in [`secret::Secret`]; no error message ever shows a secret's value.
+
+pub mod expand;
+pub mod introspect;
+pub mod positions;
+pub mod secret;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use crate::providers::{self, BuildError, Provider};
+use expand::{Environment, ProcessEnv};
+use introspect::struct_fields;
+use positions::{Pos, Positions, YPath};
+
+// ---------------------------------------------------------------------------------------------
+// Validated configuration
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+pub struct Config {
+    /// Where providers' requests arrive.
+    pub listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub admin_listen: SocketAddr,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Worker threads of the public listener.
+    pub threads: usize,
+    pub timeouts: Timeouts,
+    pub replay: ReplaySettings,
+    pub routes: RouteTable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a connection to the upstream.
+    pub upstream_connect: Duration,
+    /// Each read from the upstream (waiting for its response, or for more of its body).
+    pub upstream_read: Duration,
+    /// Each read from the client while a request header or body is arriving.
+    pub client_read: Duration,
+    /// How long an idle keep-alive client connection is kept.
+    pub keepalive: Duration,
+    /// How long shutdown waits for requests in flight before exiting anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            upstream_connect: Duration::from_secs(5),
+            upstream_read: Duration::from_secs(30),
+            client_read: Duration::from_secs(15),
+            keepalive: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaySettings {
+    /// Bound on remembered message keys.
+    pub max_entries: u64,
+}
+
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
+
+/// What the upstream receives as the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardBody {
+    /// Normalized, compact JSON (the default).
+    Json,
+    /// The bytes and content type that arrived.
+    Original,
+}
+
+/// An upstream application, resolved when the config is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// As written in the config, for logs and `check`.
+    pub url: String,
+    pub addr: SocketAddr,
+}
+
+pub struct Route {
+    pub name: String,
+    pub path: String,
+    /// The provider's canonical name (`X-Webhook-Provider`, metrics label).
+    pub provider_name: &'static str,
+    pub provider: Arc<dyn Provider>,
+    pub upstream: Upstream,
+    /// Replaces the request's path and query upstream, when set.
+    pub upstream_path: Option<String>,
+    pub forward_body: ForwardBody,
+}
+
+impl Route {
+    /// One line for `check` and the startup log. Never contains a secret.
+    pub fn summary(&self) -> String {
+        format!(
+            "route {}: POST {} -> {}{} | provider {} ({}) | forward_body {}",
+            self.name,
+            self.path,
+            self.upstream.url,
+            self.upstream_path.as_deref().unwrap_or(""),
+            self.provider_name,
+            self.provider.summary(),
+            match self.forward_body {
+                ForwardBody::Json => "json",
+                ForwardBody::Original => "original",
+            }
+        )
+    }
+}
+
+/// Routes by exact path.
+#[derive(Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+    by_path: HashMap<String, Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
+        let by_path = routes
+            .iter()
+            .map(|r| (r.path.clone(), Arc::clone(r)))
+            .collect();
+        RouteTable { routes, by_path }
+    }
+
+    /// The route for a request path (the query string is not part of `path`).
+    pub fn lookup(&self, path: &str) -> Option<&Arc<Route>> {
+        self.by_path.get(path)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// One config problem, with its position when the YAML gives one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub pos: Option<Pos>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.pos {
+            Some(p) => write!(f, "{}:{}:{}: {}", self.file, p.line, p.col, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (serde) structures
+// ---------------------------------------------------------------------------------------------
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "upstream",
+    "max_body_bytes",
+    "threads",
+    "timeouts",
+    "replay",
+    "routes",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    #[serde(default, with = "humantime_serde")]
+    upstream_connect: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    upstream_read: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    client_read: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    keepalive: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplay {
+    max_entries: Option<u64>,
+}
+
+/// The keys every route has; all other keys of a route belong to its provider.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    path: String,
+    provider: String,
+    upstream: Option<String>,
+    upstream_path: Option<String>,
+    forward_body: Option<ForwardBody>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+/// Loads and validates the config file at `path`, expanding from the process environment.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: origin.clone(),
+            pos: None,
+            message: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    load_str(&text, &origin, &ProcessEnv)
+}
+
+/// Loads and validates config `text`; `origin` names it in errors.
+pub fn load_str(text: &str, origin: &str, env: &dyn Environment) -> Result<Config, ConfigErrors> {
+    let mut root: Value = serde_yaml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: origin.to_owned(),
+            pos: e.location().map(|l| Pos {
+                line: l.line(),
+                col: l.column(),
+            }),
+            message: e.to_string().split(" at line ").next().unwrap_or_default().to_owned(),
+        }])
+    })?;
+
+    let mut loader = Loader {
+        origin,
+        positions: Positions::index(text),
+        expanded: HashSet::new(),
+        errors: Vec::new(),
+    };
+
+    let mut expand_errors = Vec::new();
+    expand::expand_tree(&mut root, &YPath::root(), env, &mut loader.expanded, &mut expand_errors);
+    for e in expand_errors {
+        loader.error_at_value(&e.path, e.message);
+    }
+
+    let top = match root {
+        Value::Mapping(m) => m,
+        Value::Null => Mapping::new(),
+        _ => {
+            loader.error_at_value(&YPath::root(), "the config must be a mapping of keys to values".into());
+            Mapping::new()
+        }
+    };
+    let config = loader.config(&top);
+    if loader.errors.is_empty() {
+        config.ok_or_else(|| ConfigErrors(Vec::new()))
+    } else {
+        loader.errors.sort_by_key(|e| e.pos.map(|p| (p.line, p.col)));
+        Err(ConfigErrors(loader.errors))
+    }
+}
+
+struct Loader<'a> {
+    origin: &'a str,
+    positions: Positions,
+    /// Paths whose value came from `${...}`: never echoed in errors.
+    expanded: HashSet<YPath>,
+    errors: Vec<ConfigError>,
+}
+
+impl Loader<'_> {
+    fn error(&mut self, pos: Option<Pos>, message: String) {
+        self.errors.push(ConfigError {
+            file: self.origin.to_owned(),
+            pos,
+            message,
+        });
+    }
+
+    fn error_at_value(&mut self, path: &YPath, message: String) {
+        let pos = self.positions.value(path);
+        self.error(pos, message);
+    }
+
+    fn error_at_key(&mut self, path: &YPath, message: String) {
+        let pos = self.positions.key(path);
+        self.error(pos, message);
+    }
+
+    /// Reports every key of `map` not in `known`.
+    fn unknown_keys(&mut self, map: &Mapping, base: &YPath, known: &[&str], what: &str) {
+        for key in map.keys() {
+            let name = key.as_str().unwrap_or("<non-string key>");
+            if !known.contains(&name) {
+                self.error_at_key(
+                    &base.key(name),
+                    format!("unknown key `{name}` in {what} (expected one of: {})", known.join(", ")),
+                );
+            }
+        }
+    }
+
+    /// Deserializes `value` (found at `path`) into `T`, recording an error on failure.
+    fn de<T: DeserializeOwned>(&mut self, value: Value, path: &YPath) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let at = path.join_serde(e.path());
+                let message = self.describe(&at, e.inner());
+                self.error_at_value(&at, message);
+                None
+            }
+        }
+    }
+
+    /// A serde error's message, unless the value may be secret: then a generic one.
+    fn describe(&self, at: &YPath, e: &serde_yaml::Error) -> String {
+        let secret = at.has_key(providers::SECRET_KEYS)
+            || self.expanded.iter().any(|p| at.0.starts_with(&p.0) || p.0.starts_with(&at.0));
+        let field = at.to_string();
+        let field = if field.is_empty() { "config".to_owned() } else { format!("`{field}`") };
+        if secret {
+            format!("{field}: invalid value (not shown: it may be secret)")
+        } else {
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg);
+            format!("{field}: {msg}")
+        }
+    }
+
+    /// The value of top-level `key`, deserialized, if present and valid.
+    fn get<T: DeserializeOwned>(&mut self, map: &Mapping, key: &str) -> Option<T> {
+        let value = map.get(key)?.clone();
+        self.de(value, &YPath::root().key(key))
+    }
+
+    fn config(&mut self, top: &Mapping) -> Option<Config> {
+        self.unknown_keys(top, &YPath::root(), TOP_LEVEL_KEYS, "the config");
+
+        let listen = self.address(top, "listen", "0.0.0.0:8080");
+        let admin_listen = self.address(top, "admin_listen", "127.0.0.1:9090");
+        let default_upstream = match self.get::<String>(top, "upstream") {
+            Some(url) => self.upstream(&url, &YPath::root().key("upstream")),
+            None => None,
+        };
+        let max_body_bytes = self
+            .get::<u64>(top, "max_body_bytes")
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES as u64);
+        if max_body_bytes == 0 || max_body_bytes > 1 << 30 {
+            self.error_at_value(
+                &YPath::root().key("max_body_bytes"),
+                "`max_body_bytes` must be between 1 and 1073741824 (1 GiB)".into(),
+            );
+        }
+        let threads = self.get::<usize>(top, "threads").unwrap_or_else(default_threads);
+        if threads == 0 || threads > 1024 {
+            self.error_at_value(&YPath::root().key("threads"), "`threads` must be between 1 and 1024".into());
+        }
+        let timeouts = self.timeouts(top);
+        let replay = self.replay(top);
+        // A top-level upstream that is present but invalid has been reported already.
+        let upstream_given = top.contains_key("upstream");
+        let routes = self.routes(top, default_upstream.as_ref(), upstream_given);
+
+        Some(Config {
+            listen: listen?,
+            admin_listen: admin_listen?,
+            max_body_bytes: max_body_bytes as usize,
+            threads,
+            timeouts,
+            replay,
+            routes: RouteTable::new(routes),
+        })
+    }
+
+    fn address(&mut self, top: &Mapping, key: &str, default: &str) -> Option<SocketAddr> {
+        let text = self.get::<String>(top, key).unwrap_or_else(|| default.to_owned());
+        match text.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => Some(addr),
+            _ => {
+                self.error_at_value(
+                    &YPath::root().key(key),
+                    format!("`{key}`: `{text}` is not a HOST:PORT address"),
+                );
+                None
+            }
+        }
+    }
+
+    fn upstream(&mut self, url: &str, path: &YPath) -> Option<Upstream> {
+        match parse_upstream(url) {
+            Ok(addr) => Some(Upstream {
+                url: url.trim_end_matches('/').to_owned(),
+                addr,
+            }),
+            Err(msg) => {
+                self.error_at_value(path, format!("`{path}`: {msg}"));
+                None
+            }
+        }
+    }
+
+    fn timeouts(&mut self, top: &Mapping) -> Timeouts {
+        let d = Timeouts::default();
+        let path = YPath::root().key("timeouts");
+        if let Some(Value::Mapping(m)) = top.get("timeouts") {
+            self.unknown_keys(m, &path, struct_fields::<RawTimeouts>(), "`timeouts`");
+        }
+        let Some(raw) = self.get::<RawTimeouts>(top, "timeouts") else {
+            return d;
+        };
+        let t = Timeouts {
+            upstream_connect: raw.upstream_connect.unwrap_or(d.upstream_connect),
+            upstream_read: raw.upstream_read.unwrap_or(d.upstream_read),
+            client_read: raw.client_read.unwrap_or(d.client_read),
+            keepalive: raw.keepalive.unwrap_or(d.keepalive),
+            shutdown_grace: raw.shutdown_grace.unwrap_or(d.shutdown_grace),
+        };
+        for (key, value) in [
+            ("upstream_connect", t.upstream_connect),
+            ("upstream_read", t.upstream_read),
+            ("client_read", t.client_read),
+        ] {
+            if value.is_zero() {
+                self.error_at_value(&path.key(key), format!("`timeouts.{key}` must be more than 0"));
+            }
+        }
+        t
+    }
+
+    fn replay(&mut self, top: &Mapping) -> ReplaySettings {
+        let path = YPath::root().key("replay");
+        if let Some(Value::Mapping(m)) = top.get("replay") {
+            self.unknown_keys(m, &path, struct_fields::<RawReplay>(), "`replay`");
+        }
+        let max_entries = self
+            .get::<RawReplay>(top, "replay")
+            .and_then(|r| r.max_entries)
+            .unwrap_or(DEFAULT_MAX_ENTRIES);
+        if max_entries == 0 {
+            self.error_at_value(&path.key("max_entries"), "`replay.max_entries` must be at least 1".into());
+        }
+        ReplaySettings { max_entries }
+    }
+
+    fn routes(&mut self, top: &Mapping, default_upstream: Option<&Upstream>, upstream_given: bool) -> Vec<Route> {
+        let base = YPath::root().key("routes");
+        let items = match top.get("routes") {
+            Some(Value::Sequence(items)) => items.clone(),
+            Some(Value::Null) | None => {
+                self.error(None, "no `routes`: hookguard needs at least one route to protect".into());
+                return Vec::new();
+            }
+            Some(_) => {
+                self.error_at_value(&base, "`routes` must be a list of routes".into());
+                return Vec::new();
+            }
+        };
+        let mut routes = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut paths: HashMap<String, usize> = HashMap::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let here = base.index(i);
+            let Some(route) = self.route(item, &here, default_upstream, upstream_given) else {
+                continue;
+            };
+            if let Some(first) = names.insert(route.name.clone(), i) {
+                self.error_at_value(
+                    &here.key("name"),
+                    format!("route name `{}` is already used by routes[{first}]", route.name),
+                );
+            }
+            if let Some(first) = paths.insert(route.path.clone(), i) {
+                self.error_at_value(
+                    &here.key("path"),
+                    format!("path `{}` is already routed by routes[{first}]", route.path),
+                );
+            }
+            routes.push(route);
+        }
+        routes
+    }
+
+    fn route(
+        &mut self,
+        item: Value,
+        here: &YPath,
+        default_upstream: Option<&Upstream>,
+        upstream_given: bool,
+    ) -> Option<Route> {
+        let Value::Mapping(map) = item else {
+            self.error_at_value(here, format!("`{here}` must be a mapping"));
+            return None;
+        };
+        let common_keys = struct_fields::<RawRoute>();
+        let (mut common, mut specific) = (Mapping::new(), Mapping::new());
+        for (k, v) in map {
+            if k.as_str().is_some_and(|k| common_keys.contains(&k)) {
+                common.insert(k, v);
+            } else {
+                specific.insert(k, v);
+            }
+        }
+        let raw: RawRoute = self.de(Value::Mapping(common), here)?;
+
+        let entry = providers::lookup(&raw.provider);
+        let Some(entry) = entry else {
+            let known: Vec<&str> = providers::REGISTRY.iter().map(|e| e.name).collect();
+            self.error_at_value(
+                &here.key("provider"),
+                format!("unknown provider `{}` (known: {})", raw.provider, known.join(", ")),
+            );
+            return None;
+        };
+        let provider_keys = (entry.fields)();
+        let mut all_keys: Vec<&str> = common_keys.to_vec();
+        all_keys.extend_from_slice(provider_keys);
+        self.unknown_keys(&specific, here, &all_keys, &format!("a `{}` route", entry.name));
+        specific.retain(|k, _| k.as_str().is_some_and(|k| provider_keys.contains(&k)));
+
+        let provider = match (entry.build)(Value::Mapping(specific)) {
+            Ok(p) => Some(p),
+            Err(BuildError::Deserialize(e)) => {
+                let at = here.join_serde(e.path());
+                let message = self.describe(&at, e.inner());
+                self.error_at_value(&at, message);
+                None
+            }
+            Err(BuildError::Invalid(errors)) => {
+                for e in errors {
+                    self.error_at_value(&here.key(e.key), format!("`{}`: {}", here.key(e.key), e.message));
+                }
+                None
+            }
+        };
+
+        if !raw.path.starts_with('/') || raw.path.contains('?') || raw.path.contains('#') {
+            self.error_at_value(
+                &here.key("path"),
+                format!("`{}`: a path starts with `/` and has no query", here.key("path")),
+            );
+        }
+        if let Some(up) = &raw.upstream_path {
+            if !up.starts_with('/') {
+                self.error_at_value(
+                    &here.key("upstream_path"),
+                    format!("`{}`: must start with `/`", here.key("upstream_path")),
+                );
+            }
+        }
+        let upstream = match &raw.upstream {
+            Some(url) => self.upstream(url, &here.key("upstream")),
+            None => {
+                if !upstream_given {
+                    self.error_at_value(
+                        here,
+                        format!("`{here}` has no `upstream`, and there is no top-level `upstream`"),
+                    );
+                }
+                default_upstream.cloned()
+            }
+        };
+        Some(Route {
+            name: raw.name,
+            path: raw.path,
+            provider_name: entry.name,
+            provider: provider?,
+            upstream: upstream?,
+            upstream_path: raw.upstream_path,
+            forward_body: raw.forward_body.unwrap_or(ForwardBody::Json),
+        })
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `http://HOST[:PORT]`, resolved now.
+fn parse_upstream(url: &str) -> Result<SocketAddr, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("`{url}` is not a URL like http://127.0.0.1:3000"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "https upstreams are not supported: run hookguard beside the app and reach it over plain HTTP"
+                    .into(),
+            )
+        }
+        _ => return Err(format!("`{url}` must start with http://")),
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("`{url}`: an upstream is scheme://host:port only (use `upstream_path` for paths)"));
+    }
+    let host = uri.host().ok_or_else(|| format!("`{url}` has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests;

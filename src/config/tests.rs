@@ -1,0 +1,210 @@
+use std::collections::HashMap;
+
+use super::expand::Environment;
+use super::*;
+
+struct Env(HashMap<&'static str, &'static str>);
+
+impl Environment for Env {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).map(|s| s.to_string())
+    }
+    fn read_file(&self, path: &str) -> std::io::Result<String> {
+        self.0
+            .get(path)
+            .map(|s| s.to_string())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "No such file"))
+    }
+}
+
+fn env() -> Env {
+    Env(HashMap::from([
+        ("MG_KEY", "key-from-env-SECRETVALUE"),
+        ("/run/secrets/mg", "key-from-file-SECRETVALUE\n"),
+    ]))
+}
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    load_str(text, "test.yaml", &env())
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match load(text) {
+        Ok(_) => panic!("config should not load"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const GOOD: &str = r#"
+listen: "127.0.0.1:8080"
+admin_listen: "127.0.0.1:9090"
+upstream: "http://127.0.0.1:3000"
+max_body_bytes: 2048
+threads: 2
+timeouts:
+  upstream_read: 2s
+replay:
+  max_entries: 10
+routes:
+  - name: mailgun
+    path: /webhooks/mailgun
+    provider: mailgun
+    secrets: ["${MG_KEY}", "${file:/run/secrets/mg}"]
+    tolerance: 10m
+    upstream_path: /hooks/mailgun
+  - name: legacy
+    path: /legacy
+    provider: mailgun
+    secrets: literal-secret
+    upstream: "http://localhost:4000"
+    forward_body: original
+"#;
+
+#[test]
+fn loads_a_valid_config() {
+    let c = load(GOOD).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.max_body_bytes, 2048);
+    assert_eq!(c.threads, 2);
+    assert_eq!(c.timeouts.upstream_read, Duration::from_secs(2));
+    assert_eq!(c.timeouts.upstream_connect, Timeouts::default().upstream_connect);
+    assert_eq!(c.replay.max_entries, 10);
+    let mg = c.routes.lookup("/webhooks/mailgun").expect("route");
+    assert_eq!(mg.provider_name, "mailgun");
+    assert_eq!(mg.upstream.addr.to_string(), "127.0.0.1:3000");
+    assert_eq!(mg.upstream_path.as_deref(), Some("/hooks/mailgun"));
+    assert_eq!(mg.forward_body, ForwardBody::Json);
+    assert!(mg.summary().contains("2 secret(s), tolerance 10m"), "{}", mg.summary());
+    let legacy = c.routes.lookup("/legacy").expect("route");
+    assert_eq!(legacy.upstream.addr.port(), 4000);
+    assert_eq!(legacy.forward_body, ForwardBody::Original);
+    assert!(c.routes.lookup("/nope").is_none());
+}
+
+#[test]
+fn defaults() {
+    let c = load("upstream: http://127.0.0.1:1\nroutes:\n  - {name: a, path: /a, provider: mailgun, secrets: [k]}\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert_eq!(c.replay.max_entries, DEFAULT_MAX_ENTRIES);
+    assert_eq!(c.timeouts, Timeouts::default());
+}
+
+#[test]
+fn reports_every_error_with_its_position() {
+    let text = "\
+listen: \"nowhere\"
+upstream: ftp://x
+colour: blue
+routes:
+  - name: a
+    path: no-slash
+    provider: mailgun
+    secrets: [\"${UNSET_VAR}\"]
+    tolerence: 5m
+  - name: a
+    path: /b
+    provider: stripe-ish
+  - name: c
+    path: /c
+    provider: mailgun
+    secrets: [k]
+    tolerance: soon
+";
+    let errs = errors(text);
+    let expect = [
+        "test.yaml:1:9: `listen`: `nowhere` is not a HOST:PORT address",
+        "test.yaml:2:11: `upstream`: `ftp://x` must start with http://",
+        "test.yaml:3:1: unknown key `colour` in the config",
+        "test.yaml:6:11: `routes[0].path`: a path starts with `/` and has no query",
+        "test.yaml:8:15: environment variable `UNSET_VAR` is not set",
+        "test.yaml:9:5: unknown key `tolerence` in a `mailgun` route",
+        "test.yaml:12:15: unknown provider `stripe-ish`",
+        "test.yaml:17:16: `routes[2].tolerance`:",
+    ];
+    for e in expect {
+        assert!(errs.iter().any(|got| got.starts_with(e)), "missing {e:?} in\n{}", errs.join("\n"));
+    }
+    assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+}
+
+#[test]
+fn duplicate_names_and_paths() {
+    let text = "upstream: http://127.0.0.1:1\nroutes:\n\
+  - {name: a, path: /a, provider: mailgun, secrets: [k]}\n\
+  - {name: a, path: /a, provider: mailgun, secrets: [k]}\n";
+    let errs = errors(text);
+    assert!(errs.iter().any(|e| e.contains("route name `a` is already used by routes[0]")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("path `/a` is already routed by routes[0]")), "{errs:?}");
+}
+
+#[test]
+fn missing_route_fields_and_upstream() {
+    let errs = errors("routes:\n  - name: a\n    provider: mailgun\n    secrets: [k]\n");
+    assert!(errs.iter().any(|e| e.contains("missing field `path`")), "{errs:?}");
+    let errs = errors("routes:\n  - {name: a, path: /a, provider: mailgun, secrets: [k]}\n");
+    assert!(errs.iter().any(|e| e.contains("has no `upstream`")), "{errs:?}");
+    let errs = errors("upstream: http://127.0.0.1:1\n");
+    assert!(errs.iter().any(|e| e.contains("no `routes`")), "{errs:?}");
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    let errs = errors("routes:\n  - name: [unclosed\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("test.yaml:"), "{errs:?}");
+    assert!(errs[0].split(':').nth(1).is_some_and(|l| l.parse::<usize>().is_ok()), "{errs:?}");
+}
+
+#[test]
+fn secrets_never_appear_in_errors() {
+    // A secret given where a list of strings is expected, and a secret expanded from the
+    // environment into a field that rejects it.
+    let text = "\
+upstream: http://127.0.0.1:1
+routes:
+  - name: a
+    path: /a
+    provider: mailgun
+    secrets: {oops: literal-SECRETVALUE}
+  - name: b
+    path: /b
+    provider: mailgun
+    secrets: [k]
+    forward_body: \"${MG_KEY}\"
+  - name: c
+    path: /c
+    provider: mailgun
+    secrets: [\"\"]
+";
+    let errs = errors(text).join("\n");
+    assert!(!errs.contains("SECRETVALUE"), "{errs}");
+    assert!(errs.contains("routes[0].secrets"), "{errs}");
+    assert!(errs.contains("routes[1].forward_body"), "{errs}");
+    assert!(errs.contains("every secret must be a non-empty string"), "{errs}");
+}
+
+#[test]
+fn secrets_are_redacted_in_debug_and_summary() {
+    let c = load(GOOD).unwrap_or_else(|e| panic!("{e}"));
+    for route in c.routes.iter() {
+        assert!(!route.summary().contains("SECRETVALUE"));
+        assert!(!route.summary().contains("literal-secret"));
+    }
+}
+
+#[test]
+fn https_and_paths_in_upstreams_are_refused() {
+    let errs = errors("upstream: https://127.0.0.1:1\nroutes:\n  - {name: a, path: /a, provider: mailgun, secrets: [k]}\n");
+    assert!(errs.iter().any(|e| e.contains("https upstreams are not supported")), "{errs:?}");
+    let errs = errors("upstream: http://127.0.0.1:1/app\nroutes:\n  - {name: a, path: /a, provider: mailgun, secrets: [k]}\n");
+    assert!(errs.iter().any(|e| e.contains("upstream_path")), "{errs:?}");
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let text = include_str!("../../config.yaml");
+    load_str(text, "config.yaml", &super::expand::ProcessEnv).unwrap_or_else(|e| panic!("{e}"));
+}

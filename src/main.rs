@@ -1,0 +1,138 @@
+//! The `hookguard` command: parse the command line, set up logging, load the config, and hand
+//! over to the library.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand};
+use hookguard::logging::{self, LogFormat};
+use hookguard::{config, server, sign};
+
+/// A webhook-verification reverse proxy: only authentic webhooks reach your app.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file.
+    #[arg(long, short, global = true, default_value = "config.yaml")]
+    config: PathBuf,
+    /// Log filter, e.g. `info` or `hookguard=debug` (default: $RUST_LOG, else `info`).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config, print one line per route, exit 0 (1 on errors).
+    Check,
+    /// Print a curl command that sends a body to a route, signed now as its provider would.
+    Sign {
+        /// Route name.
+        #[arg(long)]
+        route: String,
+        /// Body file (default: standard input).
+        #[arg(long)]
+        body: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run(&cli),
+        Some(Command::Check) => check(&cli),
+        Some(Command::Sign { ref route, ref body }) => sign(&cli, route, body.as_ref()),
+    }
+}
+
+fn run(cli: &Cli) -> ExitCode {
+    logging::init(cli.log_level.as_deref(), cli.log_format);
+    let config = match config::load_file(&cli.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!("{e}");
+            }
+            logging::flush();
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = server::run(cli.config.clone(), config);
+    if let Err(e) = &result {
+        tracing::error!("{e}");
+    }
+    logging::flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hookguard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(cli: &Cli) -> ExitCode {
+    match config::load_file(&cli.config) {
+        Ok(config) => {
+            println!(
+                "{}: ok: {} route(s); listen {}, admin {}",
+                cli.config.display(),
+                config.routes.len(),
+                config.listen,
+                config.admin_listen
+            );
+            for route in config.routes.iter() {
+                println!("{}", route.summary());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            println!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sign(cli: &Cli, route: &str, body: Option<&PathBuf>) -> ExitCode {
+    let config = match config::load_file(&cli.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bytes = match body {
+        Some(path) => std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display())),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map(|_| buf)
+                .map_err(|e| format!("cannot read standard input: {e}"))
+        }
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("hookguard sign: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match sign::curl_command(&config, route, &bytes, SystemTime::now()) {
+        Ok(cmd) => {
+            println!("{cmd}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hookguard sign: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

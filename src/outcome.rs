@@ -1,0 +1,97 @@
+//! What became of a request: forwarded, or rejected with one of the contract's error codes.
+
+/// Every way hookguard refuses a request, with the contract's status and `error` code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Rejection {
+    #[error("no route for this path")]
+    NoRoute,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("body larger than max_body_bytes")]
+    BodyTooLarge,
+    #[error("signature material absent or unparsable")]
+    MissingSignature,
+    #[error("timestamp outside the route's tolerance")]
+    StaleTimestamp,
+    #[error("signature does not match any secret")]
+    BadSignature,
+    #[error("message already delivered or in flight")]
+    Replayed,
+    #[error("body does not parse as its content type")]
+    MalformedBody,
+    #[error("client took too long to send the request")]
+    ClientTimeout,
+    #[error("upstream refused or dropped the connection")]
+    UpstreamUnavailable,
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 11] = [
+        Rejection::NoRoute,
+        Rejection::MethodNotAllowed,
+        Rejection::BodyTooLarge,
+        Rejection::MissingSignature,
+        Rejection::StaleTimestamp,
+        Rejection::BadSignature,
+        Rejection::Replayed,
+        Rejection::MalformedBody,
+        Rejection::ClientTimeout,
+        Rejection::UpstreamUnavailable,
+        Rejection::UpstreamTimeout,
+    ];
+
+    pub fn status(self) -> u16 {
+        match self {
+            Rejection::NoRoute => 404,
+            Rejection::MethodNotAllowed => 405,
+            Rejection::BodyTooLarge => 413,
+            Rejection::MissingSignature | Rejection::StaleTimestamp | Rejection::BadSignature => 401,
+            Rejection::Replayed => 409,
+            Rejection::MalformedBody => 400,
+            Rejection::ClientTimeout => 408,
+            Rejection::UpstreamUnavailable => 502,
+            Rejection::UpstreamTimeout => 504,
+        }
+    }
+
+    /// The `error` code of the JSON body and the `outcome` label of the metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejection::NoRoute => "no_route",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::MissingSignature => "missing_signature",
+            Rejection::StaleTimestamp => "stale_timestamp",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::Replayed => "replayed",
+            Rejection::MalformedBody => "malformed_body",
+            Rejection::ClientTimeout => "client_timeout",
+            Rejection::UpstreamUnavailable => "upstream_unavailable",
+            Rejection::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The response body: `{"error":"<code>"}`. Nothing else, ever: no expected signature,
+    /// no secret, no echo of the request.
+    pub fn body(self) -> String {
+        format!("{{\"error\":\"{}\"}}", self.code())
+    }
+}
+
+/// The outcome label of a finished request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Forwarded,
+    Rejected(Rejection),
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Rejected(r) => r.code(),
+        }
+    }
+}

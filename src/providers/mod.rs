@@ -1,0 +1,281 @@
+//! Webhook providers: one file each, behind the [`Provider`] trait, listed in [`REGISTRY`].
+//!
+//! A provider sees the request as plain data ([`Inbound`]) and the current time, and answers
+//! with [`Verified`] (the replay key and signed timestamp) or a [`Rejection`]. Providers know
+//! nothing of Pingora or of the replay cache. Adding one is a new file and one registry line.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use serde::de::DeserializeOwned;
+
+use crate::body::Body;
+use crate::config::introspect::struct_fields;
+pub use crate::outcome::Rejection;
+
+pub mod mailgun;
+
+/// The request as a provider sees it.
+pub struct Inbound<'a> {
+    /// Path and query exactly as received.
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a Body,
+    pub client_ip: Option<IpAddr>,
+}
+
+impl Inbound<'_> {
+    /// A header's value as text, when present exactly once and valid visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut values = self.headers.get_all(name).iter();
+        let first = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        first.to_str().ok()
+    }
+}
+
+/// A request whose signature verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The provider's identity for this delivery (contract: replay key).
+    pub replay_key: String,
+    /// Unix seconds, for providers that sign a timestamp.
+    pub timestamp: Option<i64>,
+    /// How long the key must be remembered once delivered.
+    pub remember_for: Duration,
+}
+
+pub trait Provider: Send + Sync + 'static {
+    /// Checks the request's signature material, timestamp and signature, in the contract's
+    /// order, and names the delivery.
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection>;
+
+    /// A one-line description of the route's options for `check` and startup logs. Must not
+    /// contain a secret.
+    fn summary(&self) -> String;
+
+    /// Signs `body` as the provider would now, with the route's first secret, for
+    /// `hookguard sign`. Providers whose signatures need the provider's private key say so.
+    fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
+        let _ = (req, now);
+        Err(SignError::Unsupported)
+    }
+}
+
+/// What `hookguard sign` asks a provider to sign.
+pub struct SignRequest<'a> {
+    pub body: &'a [u8],
+    /// The full URL the request will be sent to.
+    pub url: &'a str,
+}
+
+/// A request ready to send: extra headers, and the body (which may have gained fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    pub headers: Vec<(String, String)>,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("this provider signs with its own private key; hookguard cannot sign for it")]
+    Unsupported,
+    #[error("{0}")]
+    Body(String),
+}
+
+/// A fresh identifier for a signed test delivery: unique, not secret.
+pub fn fresh_token(len: usize) -> String {
+    use sha2::Digest;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut out = String::new();
+    let mut block = 0u64;
+    while out.len() < len {
+        let digest = sha2::Sha256::new()
+            .chain_update(nanos.to_be_bytes())
+            .chain_update(std::process::id().to_be_bytes())
+            .chain_update(n.to_be_bytes())
+            .chain_update(block.to_be_bytes())
+            .finalize();
+        out.push_str(&hex::encode(digest));
+        block += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// How a provider is made from its route options.
+pub trait ProviderFactory: Provider + Sized {
+    /// The route keys this provider takes besides the common ones (`name`, `path`, ...).
+    /// Deserialized with `deny_unknown_fields`.
+    type Options: DeserializeOwned;
+
+    fn from_options(options: Self::Options) -> Result<Self, Vec<OptionError>>;
+}
+
+/// A semantic error in a provider's options, naming the key it is about.
+#[derive(Debug)]
+pub struct OptionError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl OptionError {
+    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+        OptionError {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// One entry of the registry.
+pub struct ProviderEntry {
+    /// Canonical name, used in metrics and `X-Webhook-Provider`.
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    /// The option keys the provider accepts.
+    pub fields: fn() -> &'static [&'static str],
+    pub build: fn(serde_yaml::Value) -> Result<Arc<dyn Provider>, BuildError>,
+}
+
+pub enum BuildError {
+    Deserialize(serde_path_to_error::Error<serde_yaml::Error>),
+    Invalid(Vec<OptionError>),
+}
+
+const fn entry<P: ProviderFactory>(name: &'static str, aliases: &'static [&'static str]) -> ProviderEntry {
+    ProviderEntry {
+        name,
+        aliases,
+        fields: struct_fields::<P::Options>,
+        build: build::<P>,
+    }
+}
+
+fn build<P: ProviderFactory>(value: serde_yaml::Value) -> Result<Arc<dyn Provider>, BuildError> {
+    let options: P::Options =
+        serde_path_to_error::deserialize(value).map_err(BuildError::Deserialize)?;
+    let provider = P::from_options(options).map_err(BuildError::Invalid)?;
+    Ok(Arc::new(provider))
+}
+
+/// Every provider hookguard knows.
+pub static REGISTRY: &[ProviderEntry] = &[entry::<mailgun::Mailgun>("mailgun", &[])];
+
+/// Looks a provider up by name or alias.
+pub fn lookup(name: &str) -> Option<&'static ProviderEntry> {
+    REGISTRY
+        .iter()
+        .find(|e| e.name == name || e.aliases.contains(&name))
+}
+
+/// Option keys whose values are secret material: errors about them never show the value.
+pub const SECRET_KEYS: &[&str] = &["secrets", "secret", "password", "public_key"];
+
+// ---- helpers shared by providers ----
+
+/// Unix seconds of `now`.
+pub fn unix_now(now: SystemTime) -> i64 {
+    match now.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+/// Accepts `timestamp` when it lies within `tolerance` of `now`, in the past or the future.
+pub fn check_window(timestamp: i64, now: SystemTime, tolerance: Duration) -> Result<(), Rejection> {
+    let skew = unix_now(now).abs_diff(timestamp);
+    if skew > tolerance.as_secs() {
+        Err(Rejection::StaleTimestamp)
+    } else {
+        Ok(())
+    }
+}
+
+/// How long a key signed at `timestamp` must be remembered: until the timestamp can no longer
+/// pass the window, plus a minute of margin for clock skew between replicas.
+pub fn remember_until_stale(timestamp: i64, now: SystemTime, tolerance: Duration) -> Duration {
+    let expires = timestamp
+        .saturating_add(tolerance.as_secs() as i64)
+        .saturating_add(60);
+    let left = expires.saturating_sub(unix_now(now)).max(1);
+    Duration::from_secs(left as u64)
+}
+
+/// HMAC-SHA1, HMAC-SHA256 and HMAC-SHA512, as providers use them.
+pub type HmacSha1 = Hmac<sha1::Sha1>;
+pub type HmacSha256 = Hmac<sha2::Sha256>;
+pub type HmacSha512 = Hmac<sha2::Sha512>;
+
+/// Whether the MAC `M` of `parts` under `key` equals `expected`, compared in constant time.
+pub fn hmac_matches<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]], expected: &[u8]) -> bool {
+    let Ok(mut mac) = <M as KeyInit>::new_from_slice(key) else {
+        return false;
+    };
+    for part in parts {
+        mac.update(part);
+    }
+    mac.verify_slice(expected).is_ok()
+}
+
+/// The MAC `M` of `parts` under `key` (for `hookguard sign` and tests, never for checking).
+pub fn hmac_sign<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = match <M as KeyInit>::new_from_slice(key) {
+        Ok(mac) => mac,
+        // HMAC accepts keys of any length.
+        Err(_) => return Vec::new(),
+    };
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_is_symmetric() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let tol = Duration::from_secs(300);
+        assert!(check_window(1_000_000 - 300, now, tol).is_ok());
+        assert!(check_window(1_000_000 + 300, now, tol).is_ok());
+        assert_eq!(check_window(1_000_000 - 301, now, tol), Err(Rejection::StaleTimestamp));
+        assert_eq!(check_window(1_000_000 + 301, now, tol), Err(Rejection::StaleTimestamp));
+        assert_eq!(check_window(i64::MIN, now, tol), Err(Rejection::StaleTimestamp));
+    }
+
+    #[test]
+    fn remembered_until_the_window_closes() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let tol = Duration::from_secs(300);
+        assert_eq!(remember_until_stale(1_000_000, now, tol), Duration::from_secs(360));
+        assert_eq!(remember_until_stale(1_000_000 - 300, now, tol), Duration::from_secs(60));
+        assert_eq!(remember_until_stale(1_000_000 + 300, now, tol), Duration::from_secs(660));
+    }
+
+    #[test]
+    fn registry_names_are_unique() {
+        let mut names: Vec<&str> = REGISTRY
+            .iter()
+            .flat_map(|e| std::iter::once(e.name).chain(e.aliases.iter().copied()))
+            .collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+    }
+}

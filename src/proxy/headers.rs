@@ -1,0 +1,162 @@
+//! The request header the upstream receives: the client's headers minus hop-by-hop and
+//! `X-Webhook-*` ones, plus hookguard's own `X-Webhook-*` and `X-Forwarded-For`.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue};
+use http::Version;
+use pingora::http::RequestHeader;
+use pingora::Result;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones
+/// hookguard answers or recomputes itself (`Expect`, `Content-Length`).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "content-length",
+];
+
+/// What hookguard learned about the request, for the upstream.
+pub struct Forwarding<'a> {
+    pub provider: &'a str,
+    pub route: &'a str,
+    pub replay_key: &'a str,
+    pub timestamp: Option<i64>,
+    pub client_ip: Option<IpAddr>,
+    /// Path and query to request upstream.
+    pub path_and_query: &'a str,
+    /// `Some` replaces the content type (normalized JSON).
+    pub content_type: Option<&'static str>,
+    pub content_length: usize,
+}
+
+/// Builds the upstream request header from the client's.
+pub fn upstream_request(client: &RequestHeader, f: &Forwarding<'_>) -> Result<RequestHeader> {
+    let mut req = client.clone();
+    req.set_version(Version::HTTP_11);
+    req.set_uri(
+        f.path_and_query
+            .parse()
+            .map_err(|_| pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader))?,
+    );
+
+    // Headers named in `Connection` are hop-by-hop too.
+    let listed: Vec<String> = client
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let doomed: Vec<HeaderName> = client
+        .headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            HOP_BY_HOP.contains(&n) || n.starts_with("x-webhook-") || listed.iter().any(|l| l == n)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        req.remove_header(&name);
+    }
+
+    if let Some(ct) = f.content_type {
+        req.insert_header(http::header::CONTENT_TYPE, ct)?;
+    }
+    req.insert_header(http::header::CONTENT_LENGTH, f.content_length)?;
+    req.insert_header("X-Webhook-Provider", f.provider)?;
+    req.insert_header("X-Webhook-Route", header_safe(f.route))?;
+    req.insert_header("X-Webhook-Id", header_safe(f.replay_key))?;
+    if let Some(ts) = f.timestamp {
+        req.insert_header("X-Webhook-Timestamp", ts)?;
+    }
+    if let Some(ip) = f.client_ip {
+        let xff = match client.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+            _ => ip.to_string(),
+        };
+        req.insert_header("X-Forwarded-For", xff)?;
+    }
+    Ok(req)
+}
+
+/// A header value for text that should be one: printable ASCII is kept, anything else
+/// (a key from a JSON body may hold anything) is percent-encoded.
+fn header_safe(text: &str) -> HeaderValue {
+    if let Ok(v) = HeaderValue::from_str(text) {
+        if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return v;
+        }
+    }
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if (0x21..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // Only visible ASCII remains.
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> RequestHeader {
+        let mut h = RequestHeader::build("POST", b"/in?x=1", None).unwrap();
+        h.insert_header("Host", "example.com").unwrap();
+        h.insert_header("Content-Type", "application/x-www-form-urlencoded").unwrap();
+        h.insert_header("Content-Length", "999").unwrap();
+        h.insert_header("Connection", "keep-alive, X-Secret-Hop").unwrap();
+        h.insert_header("X-Secret-Hop", "1").unwrap();
+        h.insert_header("Expect", "100-continue").unwrap();
+        h.insert_header("X-Webhook-Id", "spoofed").unwrap();
+        h.insert_header("x-webhook-provider", "spoofed").unwrap();
+        h.insert_header("X-Forwarded-For", "10.0.0.1").unwrap();
+        h.insert_header("User-Agent", "mailgun").unwrap();
+        h
+    }
+
+    #[test]
+    fn rewrites_headers() {
+        let f = Forwarding {
+            provider: "mailgun",
+            route: "mg",
+            replay_key: "tok en\n",
+            timestamp: Some(1700000000),
+            client_ip: Some("127.0.0.2".parse().unwrap()),
+            path_and_query: "/up?x=1",
+            content_type: Some("application/json"),
+            content_length: 42,
+        };
+        let req = upstream_request(&client(), &f).unwrap();
+        let get = |n: &str| req.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(req.uri.to_string(), "/up?x=1");
+        assert_eq!(get("host").as_deref(), Some("example.com"));
+        assert_eq!(get("user-agent").as_deref(), Some("mailgun"));
+        assert_eq!(get("content-type").as_deref(), Some("application/json"));
+        assert_eq!(get("content-length").as_deref(), Some("42"));
+        assert_eq!(get("connection"), None);
+        assert_eq!(get("x-secret-hop"), None);
+        assert_eq!(get("expect"), None);
+        assert_eq!(get("x-webhook-provider").as_deref(), Some("mailgun"));
+        assert_eq!(get("x-webhook-route").as_deref(), Some("mg"));
+        assert_eq!(get("x-webhook-id").as_deref(), Some("tok%20en%0A"));
+        assert_eq!(get("x-webhook-timestamp").as_deref(), Some("1700000000"));
+        assert_eq!(get("x-forwarded-for").as_deref(), Some("10.0.0.1, 127.0.0.2"));
+        assert_eq!(req.headers.get_all("x-webhook-id").iter().count(), 1);
+    }
+}

@@ -1,0 +1,489 @@
+//! The public listener: a Pingora HTTP application that buffers each webhook, has it verified,
+//! and forwards the authentic ones upstream.
+//!
+//! This is a Pingora [`HttpServerApp`] rather than a `ProxyHttp` implementation: Pingora's proxy
+//! phases forward the request body as it streams in, so a body cannot be verified before the
+//! upstream is contacted, nor replaced by its normalized form, without the subrequest detour
+//! (pingora#349, #688). Here the request is read, judged and then sent upstream with Pingora's
+//! own pooled client connections, in one straight line.
+//!
+//! Everything that decides *whether* a request passes lives outside this module (providers,
+//! replay guard, normalizer); this module maps those decisions to HTTP, metrics and logs.
+
+mod headers;
+mod upstream;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::ErrorType;
+
+use crate::body::Body;
+use crate::config::{Config, ForwardBody, Route};
+use crate::metrics::{Metrics, RouteMetricsTable};
+use crate::normalize;
+use crate::outcome::{Outcome, Rejection};
+use crate::providers::Inbound;
+use crate::replay::ReplayGuard;
+use headers::Forwarding;
+use upstream::UpstreamClient;
+
+/// One config with everything derived from it; replaced as a whole on reload, so a request
+/// runs start to end on the config it started with.
+pub struct Snapshot {
+    pub config: Config,
+    metrics: RouteMetricsTable,
+}
+
+/// State shared by every connection of the public listener.
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    replay: Arc<ReplayGuard>,
+    metrics: Arc<Metrics>,
+    upstream: UpstreamClient,
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+        let t = &config.timeouts;
+        // A reservation lives while its request is in flight; this bounds it should its
+        // holder ever vanish.
+        let in_flight_ttl = t.upstream_connect + t.upstream_read * 2 + Duration::from_secs(10);
+        let replay = Arc::new(ReplayGuard::new(config.replay.max_entries, in_flight_ttl));
+        let snapshot = Snapshot {
+            metrics: metrics.for_config(&config),
+            config,
+        };
+        Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            replay,
+            metrics,
+            upstream: UpstreamClient::new(256),
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The config new requests use.
+    pub fn config(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Makes `config` the one new requests use; requests in flight keep theirs.
+    pub fn replace_config(&self, config: Config) {
+        let metrics = self.metrics.for_config(&config);
+        self.snapshot.store(Arc::new(Snapshot { config, metrics }));
+    }
+
+    pub fn replay(&self) -> &ReplayGuard {
+        &self.replay
+    }
+
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Stop reusing client connections: shutdown has begun.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// The Pingora application around a [`Gateway`].
+pub struct GatewayApp(pub Arc<Gateway>);
+
+/// Counts a request as in flight for as long as it lives.
+struct InFlight<'a>(&'a Gateway);
+
+impl<'a> InFlight<'a> {
+    fn enter(g: &'a Gateway) -> Self {
+        g.in_flight.fetch_add(1, Ordering::AcqRel);
+        g.metrics.in_flight.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+/// What the per-request log line and metrics need.
+struct Report {
+    route: Option<Arc<Route>>,
+    outcome: Outcome,
+    status: u16,
+    replay_key: Option<String>,
+}
+
+/// How a request ended, for the connection.
+enum End {
+    /// A complete response was written; the connection may be reused if `reuse`.
+    Responded { reuse: bool },
+    /// The connection is broken or half-written: close it.
+    Abort,
+}
+
+#[async_trait]
+impl HttpServerApp for GatewayApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let gw = &self.0;
+        let snap = gw.config();
+        let t = &snap.config.timeouts;
+        session.set_keepalive(Some(t.keepalive.as_secs().max(1)));
+        session.set_read_timeout(Some(t.client_read));
+        session.set_write_timeout(Some(t.client_read));
+
+        // An idle keep-alive connection closes as soon as shutdown begins; a request whose
+        // bytes already arrived is still served (biased select).
+        let mut shutdown = shutdown.clone();
+        let read = tokio::select! {
+            biased;
+            r = session.read_request() => r,
+            _ = shutdown_started(&mut shutdown) => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if e.etype() == &ErrorType::InvalidHTTPHeader {
+                    let _ = session.respond_error(400).await;
+                }
+                return None;
+            }
+        }
+
+        let _in_flight = InFlight::enter(gw);
+        let started = Instant::now();
+        let mut report = Report {
+            route: None,
+            outcome: Outcome::Rejected(Rejection::NoRoute),
+            status: 0,
+            replay_key: None,
+        };
+        let end = handle(gw, &snap, &mut session, &mut report).await;
+        record(&snap, &session, &report, started);
+
+        match end {
+            End::Responded { reuse: true } if !gw.is_draining() => {
+                let settings = HttpPersistentSettings::for_session(&session);
+                match session.finish().await {
+                    Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+                    _ => None,
+                }
+            }
+            End::Responded { .. } => {
+                let _ = session.finish().await;
+                None
+            }
+            End::Abort => {
+                session.shutdown().await;
+                None
+            }
+        }
+    }
+}
+
+async fn shutdown_started(shutdown: &mut ShutdownWatch) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            // The server is gone: nothing will ever signal again.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Takes one request from header to response.
+async fn handle(gw: &Gateway, snap: &Snapshot, session: &mut ServerSession, report: &mut Report) -> End {
+    let config = &snap.config;
+    let req = session.req_header();
+    let Some(route) = config.routes.lookup(req.uri.path()).cloned() else {
+        return reject(session, report, Rejection::NoRoute).await;
+    };
+    report.route = Some(Arc::clone(&route));
+    if req.method != http::Method::POST {
+        return reject(session, report, Rejection::MethodNotAllowed).await;
+    }
+    let declared = declared_length(session);
+    if declared.is_some_and(|n| n > config.max_body_bytes) {
+        return reject(session, report, Rejection::BodyTooLarge).await;
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && session.write_continue_response().await.is_err() {
+        return End::Abort;
+    }
+
+    let bytes = match read_body(session, config.max_body_bytes, declared, config.timeouts.client_read).await {
+        Ok(b) => b,
+        Err(BodyRead::TooLarge) => return reject(session, report, Rejection::BodyTooLarge).await,
+        Err(BodyRead::TimedOut) => return reject(session, report, Rejection::ClientTimeout).await,
+        Err(BodyRead::Broken) => return End::Abort,
+    };
+    let route_metrics = snap.metrics.route(&route.name);
+    if let Some(m) = route_metrics {
+        m.body_bytes.inc_by(bytes.len() as u64);
+    }
+
+    let req = session.req_header();
+    let content_type = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let body = Body::new(bytes, content_type);
+    let client_ip = client_ip(session);
+    let inbound = Inbound {
+        path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &req.headers,
+        body: &body,
+        client_ip,
+    };
+
+    let verify_started = Instant::now();
+    let verdict = route.provider.verify(&inbound, SystemTime::now());
+    gw.metrics
+        .verify_duration
+        .observe(verify_started.elapsed().as_secs_f64());
+    let verified = match verdict {
+        Ok(v) => v,
+        Err(r) => return reject(session, report, r).await,
+    };
+    report.replay_key = Some(verified.replay_key.clone());
+
+    let Ok(reservation) = gw.replay.reserve(&route.name, &verified.replay_key) else {
+        return reject(session, report, Rejection::Replayed).await;
+    };
+
+    let (out_body, content_type) = match route.forward_body {
+        ForwardBody::Original => (body.bytes().clone(), None),
+        ForwardBody::Json => match normalize::to_json(&body) {
+            Ok(json) => (json, Some("application/json")),
+            // Dropping the reservation releases the key.
+            Err(_) => return reject(session, report, Rejection::MalformedBody).await,
+        },
+    };
+
+    let path_and_query = upstream_target(&route, req);
+    let header = match headers::upstream_request(
+        req,
+        &Forwarding {
+            provider: route.provider_name,
+            route: &route.name,
+            replay_key: &verified.replay_key,
+            timestamp: verified.timestamp,
+            client_ip,
+            path_and_query: &path_and_query,
+            content_type,
+            content_length: out_body.len(),
+        },
+    ) {
+        Ok(h) => h,
+        Err(_) => return reject(session, report, Rejection::MalformedBody).await,
+    };
+
+    let peer = UpstreamClient::peer(&route.upstream, &config.timeouts);
+    let sent = Instant::now();
+    let exchange = match gw.upstream.send(peer, header, &out_body).await {
+        Ok(x) => x,
+        Err(r) => return reject(session, report, r).await,
+    };
+    if let Some(m) = route_metrics {
+        m.upstream.observe(sent.elapsed().as_secs_f64());
+    }
+    let Some(upstream_header) = exchange.session.resp_header() else {
+        return reject(session, report, Rejection::UpstreamUnavailable).await;
+    };
+    let status = upstream_header.status.as_u16();
+    let response = upstream::downstream_response(upstream_header);
+    // The upstream has the message: 2xx means delivered, anything else frees the key for the
+    // provider's retry.
+    if (200..300).contains(&status) {
+        reservation.commit(verified.remember_for);
+    } else {
+        drop(reservation);
+    }
+    report.outcome = Outcome::Forwarded;
+    report.status = status;
+    relay_response(gw, session, exchange, response).await
+}
+
+/// Streams the upstream's response to the client.
+async fn relay_response(
+    gw: &Gateway,
+    session: &mut ServerSession,
+    mut exchange: upstream::Exchange,
+    response: ResponseHeader,
+) -> End {
+    if session.write_response_header(Box::new(response)).await.is_err() {
+        return End::Abort;
+    }
+    loop {
+        match exchange.session.read_body_bytes().await {
+            Ok(Some(chunk)) => {
+                if session.write_response_body(chunk, false).await.is_err() {
+                    return End::Abort;
+                }
+            }
+            Ok(None) => break,
+            // The upstream broke off mid-body: the client must see a truncated response.
+            Err(_) => return End::Abort,
+        }
+    }
+    if session.finish_body().await.is_err() {
+        return End::Abort;
+    }
+    gw.upstream.release(exchange).await;
+    End::Responded { reuse: true }
+}
+
+/// Writes a rejection. The connection stays open when the request was read completely;
+/// when its body was left unread (404, 405, 413, ...) it is closed rather than drained.
+async fn reject(session: &mut ServerSession, report: &mut Report, r: Rejection) -> End {
+    report.outcome = Outcome::Rejected(r);
+    report.status = r.status();
+    let reuse = session.is_body_done();
+    if !reuse {
+        session.set_keepalive(None);
+    }
+    let body = Bytes::from(r.body());
+    let mut header = match ResponseHeader::build(r.status(), Some(2)) {
+        Ok(h) => h,
+        Err(_) => return End::Abort,
+    };
+    let ok = header
+        .insert_header(http::header::CONTENT_TYPE, "application/json")
+        .and_then(|_| header.insert_header(http::header::CONTENT_LENGTH, body.len()))
+        .is_ok();
+    if !ok
+        || session.write_response_header(Box::new(header)).await.is_err()
+        || session.write_response_body(body, true).await.is_err()
+    {
+        return End::Abort;
+    }
+    End::Responded { reuse }
+}
+
+fn record(snap: &Snapshot, session: &ServerSession, report: &Report, started: Instant) {
+    let route = report.route.as_deref();
+    match route.and_then(|r| snap.metrics.route(&r.name)) {
+        Some(m) => m.count(report.outcome),
+        None => snap.metrics.no_route.inc(),
+    }
+    let client = client_ip(session).map(|ip| ip.to_string()).unwrap_or_default();
+    tracing::info!(
+        target: "hookguard::request",
+        route = route.map_or("", |r| r.name.as_str()),
+        provider = route.map_or("", |r| r.provider_name),
+        outcome = report.outcome.label(),
+        status = report.status,
+        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        replay_key = report.replay_key.as_deref().unwrap_or(""),
+        client = client.as_str(),
+        "request"
+    );
+}
+
+fn client_ip(session: &ServerSession) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// `Content-Length` as declared, if any (Pingora has already rejected malformed ones).
+fn declared_length(session: &ServerSession) -> Option<usize> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The path and query the upstream is asked for.
+fn upstream_target(route: &Route, req: &pingora::http::RequestHeader) -> String {
+    match (&route.upstream_path, req.uri.query()) {
+        (Some(path), Some(q)) => format!("{path}?{q}"),
+        (Some(path), None) => path.clone(),
+        (None, _) => req
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+    }
+}
+
+enum BodyRead {
+    TooLarge,
+    TimedOut,
+    Broken,
+}
+
+/// Reads the whole body, stopping as soon as it passes `max` bytes, within `deadline`.
+async fn read_body(
+    session: &mut ServerSession,
+    max: usize,
+    declared: Option<usize>,
+    deadline: Duration,
+) -> Result<Bytes, BodyRead> {
+    let read = async {
+        // Most bodies arrive in one chunk: keep it as is; copy only once a second one comes.
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut total = 0usize;
+        loop {
+            let chunk = match session.read_request_body().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) if e.etype() == &ErrorType::ReadTimedout => return Err(BodyRead::TimedOut),
+                Err(_) => return Err(BodyRead::Broken),
+            };
+            total += chunk.len();
+            if total > max {
+                return Err(BodyRead::TooLarge);
+            }
+            match (&first, &mut joined) {
+                (None, _) => first = Some(chunk),
+                (Some(f), None) => {
+                    let mut buf = BytesMut::with_capacity(declared.unwrap_or(total).max(total));
+                    buf.extend_from_slice(f);
+                    buf.extend_from_slice(&chunk);
+                    joined = Some(buf);
+                }
+                (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
+            }
+        }
+        Ok(match joined {
+            Some(buf) => buf.freeze(),
+            None => first.unwrap_or_default(),
+        })
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(r) => r,
+        Err(_) => Err(BodyRead::TimedOut),
+    }
+}
