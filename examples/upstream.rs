@@ -15,7 +15,11 @@ use tokio::net::TcpListener;
 
 async fn show(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     println!("{} {}", parts.method, parts.uri);
     for (name, value) in &parts.headers {
         if name.as_str().starts_with("x-webhook-") || name == "content-type" {
@@ -23,12 +27,16 @@ async fn show(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         }
     }
     println!("  body: {}\n", String::from_utf8_lossy(&body));
-    Ok(Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}\n"))))
+    Ok(Response::new(Full::new(Bytes::from_static(
+        b"{\"ok\":true}\n",
+    ))))
 }
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3000".to_owned());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:3000".to_owned());
     let listener = TcpListener::bind(&addr).await?;
     println!("demo app listening on http://{addr}");
     loop {

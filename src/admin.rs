@@ -46,15 +46,29 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let method_ok = req.method == http::Method::GET || req.method == http::Method::HEAD;
         let (status, content_type, body) = match (req.uri.path(), method_ok) {
-            (_, false) => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", b"method not allowed\n".to_vec()),
+            (_, false) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                b"method not allowed\n".to_vec(),
+            ),
             ("/healthz", _) => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            ("/readyz", _) if self.health.is_ready() => (StatusCode::OK, "text/plain", b"ready\n".to_vec()),
-            ("/readyz", _) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"not ready\n".to_vec()),
+            ("/readyz", _) if self.health.is_ready() => {
+                (StatusCode::OK, "text/plain", b"ready\n".to_vec())
+            }
+            ("/readyz", _) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                b"not ready\n".to_vec(),
+            ),
             ("/metrics", _) => {
                 self.metrics
                     .replay_entries
                     .set(self.gateway.replay().len() as i64);
-                (StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render())
+                (
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render(),
+                )
             }
             _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         };

@@ -13,7 +13,9 @@ use futures_util::FutureExt;
 pub enum MediaType {
     Json,
     Form,
-    Multipart { boundary: String },
+    Multipart {
+        boundary: String,
+    },
     /// Any other declared type (`text/plain`, `application/xml`, ...).
     Other,
     /// No `Content-Type` header.
@@ -25,7 +27,12 @@ impl MediaType {
         let Some(ct) = content_type else {
             return MediaType::Missing;
         };
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             "application/json" | "text/json" => MediaType::Json,
             e if e.starts_with("application/") && e.ends_with("+json") => MediaType::Json,
@@ -146,7 +153,8 @@ pub fn parse_form(bytes: &[u8]) -> Fields {
 /// `multipart/form-data`, with multer. The body is already in memory, so multer's futures
 /// complete on their first poll and we drive them with `now_or_never`.
 pub fn parse_multipart(bytes: &Bytes, boundary: &str) -> Result<Fields, BodyError> {
-    let stream = futures_util::stream::once(async { Ok::<Bytes, std::convert::Infallible>(bytes.clone()) });
+    let stream =
+        futures_util::stream::once(async { Ok::<Bytes, std::convert::Infallible>(bytes.clone()) });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut fields = Vec::new();
     loop {
@@ -183,23 +191,37 @@ mod tests {
 
     #[test]
     fn media_types() {
-        assert_eq!(MediaType::from_content_type(Some("application/json; charset=utf-8")), MediaType::Json);
-        assert_eq!(MediaType::from_content_type(Some("application/vnd.x+json")), MediaType::Json);
+        assert_eq!(
+            MediaType::from_content_type(Some("application/json; charset=utf-8")),
+            MediaType::Json
+        );
+        assert_eq!(
+            MediaType::from_content_type(Some("application/vnd.x+json")),
+            MediaType::Json
+        );
         assert_eq!(
             MediaType::from_content_type(Some("Application/X-WWW-Form-Urlencoded")),
             MediaType::Form
         );
         assert_eq!(
             MediaType::from_content_type(Some("multipart/form-data; boundary=abc")),
-            MediaType::Multipart { boundary: "abc".into() }
+            MediaType::Multipart {
+                boundary: "abc".into()
+            }
         );
-        assert_eq!(MediaType::from_content_type(Some("multipart/form-data")), MediaType::Other);
+        assert_eq!(
+            MediaType::from_content_type(Some("multipart/form-data")),
+            MediaType::Other
+        );
         assert_eq!(MediaType::from_content_type(None), MediaType::Missing);
     }
 
     #[test]
     fn form_fields_and_ambiguity() {
-        let body = Body::new(Bytes::from_static(b"a=1&b=x+y&a=2&c=%E2%9C%93"), Some("application/x-www-form-urlencoded"));
+        let body = Body::new(
+            Bytes::from_static(b"a=1&b=x+y&a=2&c=%E2%9C%93"),
+            Some("application/x-www-form-urlencoded"),
+        );
         let f = body.fields().unwrap();
         assert_eq!(f.single_text("b"), Some("x y"));
         assert_eq!(f.single_text("c"), Some("✓"));
@@ -216,7 +238,11 @@ mod tests {
         let f = body.fields().unwrap();
         assert_eq!(f.single_text("token"), Some("abc"));
         match &f.0[1].value {
-            FieldValue::File { filename, content_type, data } => {
+            FieldValue::File {
+                filename,
+                content_type,
+                data,
+            } => {
                 assert_eq!(filename.as_deref(), Some("a.bin"));
                 assert_eq!(content_type.as_deref(), Some("application/octet-stream"));
                 assert_eq!(&data[..], b"\x00\x01");

@@ -47,7 +47,10 @@ fn main() -> ExitCode {
     match cli.command {
         None => run(&cli),
         Some(Command::Check) => check(&cli),
-        Some(Command::Sign { ref route, ref body }) => sign(&cli, route, body.as_ref()),
+        Some(Command::Sign {
+            ref route,
+            ref body,
+        }) => sign(&cli, route, body.as_ref()),
     }
 }
 
@@ -109,7 +112,9 @@ fn sign(cli: &Cli, route: &str, body: Option<&PathBuf>) -> ExitCode {
         }
     };
     let bytes = match body {
-        Some(path) => std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display())),
+        Some(path) => {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        }
         None => {
             let mut buf = Vec::new();
             std::io::stdin()

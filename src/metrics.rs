@@ -52,7 +52,8 @@ impl Metrics {
                 "Time from sending a request upstream to receiving its response header.",
             )
             .buckets(vec![
-                5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                30.0,
             ]),
             &["route"],
         )
@@ -63,7 +64,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let config_reloads = IntCounterVec::new(
-            Opts::new("hookguard_config_reloads_total", "Config reloads by result (ok, error)."),
+            Opts::new(
+                "hookguard_config_reloads_total",
+                "Config reloads by result (ok, error).",
+            ),
             &["result"],
         )
         .expect("valid metric");
@@ -121,6 +125,7 @@ impl Metrics {
                 };
                 let m = RouteMetrics {
                     forwarded: outcome(Outcome::Forwarded),
+                    answered: outcome(Outcome::Answered),
                     rejected: Rejection::ALL
                         .iter()
                         .filter(|r| **r != Rejection::NoRoute)
@@ -146,6 +151,7 @@ impl Metrics {
 
 pub struct RouteMetrics {
     pub forwarded: IntCounter,
+    answered: IntCounter,
     rejected: Vec<(Rejection, IntCounter)>,
     pub upstream: Histogram,
     pub body_bytes: IntCounter,
@@ -155,6 +161,7 @@ impl RouteMetrics {
     pub fn count(&self, outcome: Outcome) {
         match outcome {
             Outcome::Forwarded => self.forwarded.inc(),
+            Outcome::Answered => self.answered.inc(),
             Outcome::Rejected(r) => {
                 if let Some((_, c)) = self.rejected.iter().find(|(k, _)| *k == r) {
                     c.inc();

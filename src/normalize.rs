@@ -104,7 +104,10 @@ fn field_value(value: &FieldValue) -> Value {
             data,
         } => {
             let mut obj = Map::with_capacity(4);
-            obj.insert("filename".into(), filename.clone().map_or(Value::Null, Value::String));
+            obj.insert(
+                "filename".into(),
+                filename.clone().map_or(Value::Null, Value::String),
+            );
             obj.insert(
                 "content_type".into(),
                 content_type.clone().map_or(Value::Null, Value::String),
@@ -129,8 +132,14 @@ mod tests {
 
     #[test]
     fn compacts_json_exactly() {
-        assert_eq!(json("{ \"b\" : 1,\n\t\"a\": [ 1.50, 1e400 ] }"), r#"{"b":1,"a":[1.50,1e400]}"#);
-        assert_eq!(json(r#"{"s":"a b \" \\ c","n":null}"#), r#"{"s":"a b \" \\ c","n":null}"#);
+        assert_eq!(
+            json("{ \"b\" : 1,\n\t\"a\": [ 1.50, 1e400 ] }"),
+            r#"{"b":1,"a":[1.50,1e400]}"#
+        );
+        assert_eq!(
+            json(r#"{"s":"a b \" \\ c","n":null}"#),
+            r#"{"s":"a b \" \\ c","n":null}"#
+        );
         assert_eq!(json(r#" "x\\" "#), r#""x\\""#);
         assert!(compact_json(&Bytes::from_static(b"{\"a\":}")).is_err());
         assert!(compact_json(&Bytes::from_static(b"")).is_err());

@@ -47,7 +47,9 @@ impl Rejection {
             Rejection::NoRoute => 404,
             Rejection::MethodNotAllowed => 405,
             Rejection::BodyTooLarge => 413,
-            Rejection::MissingSignature | Rejection::StaleTimestamp | Rejection::BadSignature => 401,
+            Rejection::MissingSignature | Rejection::StaleTimestamp | Rejection::BadSignature => {
+                401
+            }
             Rejection::Replayed => 409,
             Rejection::MalformedBody => 400,
             Rejection::ClientTimeout => 408,
@@ -84,6 +86,8 @@ impl Rejection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Forwarded,
+    /// Verified and answered by hookguard on the provider's behalf (a validation challenge).
+    Answered,
     Rejected(Rejection),
 }
 
@@ -91,6 +95,7 @@ impl Outcome {
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Forwarded => "forwarded",
+            Outcome::Answered => "answered",
             Outcome::Rejected(r) => r.code(),
         }
     }

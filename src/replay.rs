@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
-use moka::ops::compute::Op;
 use moka::Expiry;
 use sha2::{Digest, Sha256};
 
@@ -43,7 +43,13 @@ impl Expiry<Key, Slot> for SlotExpiry {
     fn expire_after_create(&self, _: &Key, slot: &Slot, _: Instant) -> Option<Duration> {
         Some(slot.ttl)
     }
-    fn expire_after_update(&self, _: &Key, slot: &Slot, _: Instant, _: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        slot: &Slot,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
         Some(slot.ttl)
     }
 }
@@ -170,7 +176,9 @@ mod tests {
         let first = g.reserve("r", "k").unwrap();
         assert_eq!(g.reserve("r", "k").err(), Some(Replayed));
         drop(first); // upstream failed
-        let retry = g.reserve("r", "k").expect("retry after a failed delivery passes");
+        let retry = g
+            .reserve("r", "k")
+            .expect("retry after a failed delivery passes");
         retry.commit(Duration::from_secs(60));
         assert_eq!(g.reserve("r", "k").err(), Some(Replayed));
     }
@@ -188,7 +196,9 @@ mod tests {
     #[test]
     fn committed_keys_expire_after_their_ttl() {
         let g = guard();
-        g.reserve("r", "k").unwrap().commit(Duration::from_millis(50));
+        g.reserve("r", "k")
+            .unwrap()
+            .commit(Duration::from_millis(50));
         assert!(g.reserve("r", "k").is_err());
         std::thread::sleep(Duration::from_millis(120));
         assert!(g.reserve("r", "k").is_ok());
@@ -201,7 +211,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80)); // the safety-net TTL lapses
         let new = g.reserve("r", "k").unwrap();
         drop(old);
-        assert!(g.reserve("r", "k").is_err(), "the newer reservation still holds");
+        assert!(
+            g.reserve("r", "k").is_err(),
+            "the newer reservation still holds"
+        );
         drop(new);
     }
 
@@ -209,7 +222,9 @@ mod tests {
     fn bounded_by_max_entries() {
         let g = Arc::new(ReplayGuard::new(100, Duration::from_secs(60)));
         for i in 0..1000 {
-            g.reserve("r", &i.to_string()).unwrap().commit(Duration::from_secs(60));
+            g.reserve("r", &i.to_string())
+                .unwrap()
+                .commit(Duration::from_secs(60));
         }
         assert!(g.len() <= 100, "len {}", g.len());
         // The newest key is remembered (LRU evicts the oldest, never refuses the newest).

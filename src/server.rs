@@ -141,7 +141,12 @@ impl ShutdownSignalWatch for Signals {
             }
         };
         let grace = self.gateway.config().config.timeouts.shutdown_grace;
-        tracing::info!(signal = which, in_flight = self.gateway.in_flight(), ?grace, "shutting down");
+        tracing::info!(
+            signal = which,
+            in_flight = self.gateway.in_flight(),
+            ?grace,
+            "shutting down"
+        );
         self.health.set_draining();
         self.gateway.start_draining();
         let gateway = Arc::clone(&self.gateway);
@@ -156,7 +161,10 @@ impl Signals {
             Ok(new) => {
                 let old = self.gateway.config();
                 let old = &old.config;
-                if new.listen != old.listen || new.admin_listen != old.admin_listen || new.threads != old.threads {
+                if new.listen != old.listen
+                    || new.admin_listen != old.admin_listen
+                    || new.threads != old.threads
+                {
                     tracing::warn!(
                         "listen, admin_listen and threads take effect only on restart; the running values stay"
                     );
@@ -170,11 +178,17 @@ impl Signals {
                 tracing::info!(routes, "config reloaded");
             }
             Err(errors) => {
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
                 for e in &errors.0 {
                     tracing::error!("{e}");
                 }
-                tracing::error!(errors = errors.0.len(), "config reload failed; the running config stays");
+                tracing::error!(
+                    errors = errors.0.len(),
+                    "config reload failed; the running config stays"
+                );
             }
         }
     }
@@ -183,7 +197,9 @@ impl Signals {
 /// Polls the public listener until it accepts a connection.
 async fn wait_until_accepting(listen: SocketAddr) {
     let probe = match listen {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
         SocketAddr::V6(a) if a.ip().is_unspecified() => {
             SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
         }
@@ -215,7 +231,10 @@ fn exit_when_drained(gateway: &Gateway, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    tracing::warn!(in_flight = gateway.in_flight(), "grace period over; exiting");
+    tracing::warn!(
+        in_flight = gateway.in_flight(),
+        "grace period over; exiting"
+    );
     crate::logging::flush();
     std::process::exit(0);
 }

@@ -55,9 +55,15 @@ pub fn curl_command(
             source,
         })?;
     let mut cmd = format!("curl -sS -i -X POST {}", shell_quote(&url));
-    cmd.push_str(&format!(" \\\n  -H {}", shell_quote(&format!("Content-Type: {}", signed.content_type))));
+    cmd.push_str(&format!(
+        " \\\n  -H {}",
+        shell_quote(&format!("Content-Type: {}", signed.content_type))
+    ));
     for (name, value) in &signed.headers {
-        cmd.push_str(&format!(" \\\n  -H {}", shell_quote(&format!("{name}: {value}"))));
+        cmd.push_str(&format!(
+            " \\\n  -H {}",
+            shell_quote(&format!("{name}: {value}"))
+        ));
     }
     cmd.push_str(&format!(
         " \\\n  --data-binary {}",
@@ -78,7 +84,13 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(local_url("0.0.0.0:8080".parse().unwrap(), "/a"), "http://127.0.0.1:8080/a");
-        assert_eq!(local_url("[::]:80".parse().unwrap(), "/a"), "http://[::1]:80/a");
+        assert_eq!(
+            local_url("0.0.0.0:8080".parse().unwrap(), "/a"),
+            "http://127.0.0.1:8080/a"
+        );
+        assert_eq!(
+            local_url("[::]:80".parse().unwrap(), "/a"),
+            "http://[::1]:80/a"
+        );
     }
 }

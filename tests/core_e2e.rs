@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn mailgun_proxy(upstream: &Upstream) -> Proxy {
-    Proxy::start(&mailgun_config(upstream, "max_body_bytes: 1048576", "    upstream_path: /hooks/in\n"))
+    Proxy::start(&mailgun_config(
+        upstream,
+        "max_body_bytes: 1048576",
+        "    upstream_path: /hooks/in\n",
+    ))
 }
 
 #[test]
@@ -19,7 +23,11 @@ fn authentic_json_webhook_is_forwarded_compact_with_headers() {
     let resp = post(
         proxy.port,
         "/mg?source=test",
-        &[JSON, ("X-Forwarded-For", "203.0.113.9"), ("User-Agent", "mailgun/1")],
+        &[
+            JSON,
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("User-Agent", "mailgun/1"),
+        ],
         &body,
     );
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -33,11 +41,21 @@ fn authentic_json_webhook_is_forwarded_compact_with_headers() {
     assert_eq!(r.method, "POST");
     assert_eq!(r.uri, "/hooks/in?source=test");
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
     assert_eq!(r.header("x-webhook-provider"), Some("mailgun"));
     assert_eq!(r.header("x-webhook-route"), Some("mg"));
     assert_eq!(r.header("x-webhook-id"), Some(tok.as_str()));
-    assert!(r.header("x-webhook-timestamp").unwrap().parse::<u64>().unwrap().abs_diff(now()) < 5);
+    assert!(
+        r.header("x-webhook-timestamp")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            .abs_diff(now())
+            < 5
+    );
     assert_eq!(r.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
     assert_eq!(r.header("user-agent"), Some("mailgun/1"));
     // Compact JSON, same value, key order kept.
@@ -62,8 +80,20 @@ fn every_rejection_row_of_the_contract() {
         ("GET", "/mg", Vec::new(), 405, "method_not_allowed"),
         ("PUT", "/mg", mg_json(&token()), 405, "method_not_allowed"),
         ("POST", "/mg", vec![b'x'; 4097], 413, "body_too_large"),
-        ("POST", "/mg", b"{\"event-data\":{}}".to_vec(), 401, "missing_signature"),
-        ("POST", "/mg", b"not json at all".to_vec(), 401, "missing_signature"),
+        (
+            "POST",
+            "/mg",
+            b"{\"event-data\":{}}".to_vec(),
+            401,
+            "missing_signature",
+        ),
+        (
+            "POST",
+            "/mg",
+            b"not json at all".to_vec(),
+            401,
+            "missing_signature",
+        ),
         ("POST", "/mg", stale, 401, "stale_timestamp"),
         ("POST", "/mg", future, 401, "stale_timestamp"),
         ("POST", "/mg", wrong_key, 401, "bad_signature"),
@@ -71,11 +101,20 @@ fn every_rejection_row_of_the_contract() {
     ];
     for (method, path, body, status, code) in cases {
         let mut c = Conn::open(proxy.port).unwrap();
-        c.write(&request_bytes(method, path, &[JSON], &body)).unwrap();
+        c.write(&request_bytes(method, path, &[JSON], &body))
+            .unwrap();
         let resp = c.read_response().unwrap();
-        assert_eq!((resp.status, resp.error().as_str()), (status, code), "{method} {path}");
+        assert_eq!(
+            (resp.status, resp.error().as_str()),
+            (status, code),
+            "{method} {path}"
+        );
         assert_eq!(resp.header("content-type"), Some("application/json"));
-        assert_eq!(resp.text(), format!("{{\"error\":\"{code}\"}}"), "nothing else in the body");
+        assert_eq!(
+            resp.text(),
+            format!("{{\"error\":\"{code}\"}}"),
+            "nothing else in the body"
+        );
     }
     assert_eq!(up.count(), 0, "no rejected request reached the upstream");
 }
@@ -96,13 +135,18 @@ fn keep_alive_survives_a_401_and_a_409() {
     let up = Upstream::start();
     let proxy = mailgun_proxy(&up);
     let mut c = Conn::open(proxy.port).unwrap();
-    let bad = c.post("/mg", &[JSON], &mg_json_at("wrong", now(), &token(), "x")).unwrap();
+    let bad = c
+        .post("/mg", &[JSON], &mg_json_at("wrong", now(), &token(), "x"))
+        .unwrap();
     assert_eq!(bad.status, 401);
     assert_ne!(bad.header("connection"), Some("close"));
     let body = mg_json(&token());
     assert_eq!(c.post("/mg", &[JSON], &body).unwrap().status, 200);
     assert_eq!(c.post("/mg", &[JSON], &body).unwrap().status, 409);
-    assert_eq!(c.post("/mg", &[JSON], &mg_json(&token())).unwrap().status, 200);
+    assert_eq!(
+        c.post("/mg", &[JSON], &mg_json(&token())).unwrap().status,
+        200
+    );
     assert_eq!(up.count(), 2);
 }
 
@@ -115,7 +159,10 @@ fn oversized_content_length_is_refused_before_reading_and_closes() {
     c.write(b"POST /mg HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n")
         .unwrap();
     let resp = c.read_response().unwrap();
-    assert_eq!((resp.status, resp.error().as_str()), (413, "body_too_large"));
+    assert_eq!(
+        (resp.status, resp.error().as_str()),
+        (413, "body_too_large")
+    );
     assert_eq!(resp.header("connection"), Some("close"));
     assert!(c.is_closed());
     assert_eq!(up.count(), 0);
@@ -136,7 +183,10 @@ fn endless_chunked_body_is_cut_at_the_cap() {
         }
     }
     let resp = c.read_response().unwrap();
-    assert_eq!((resp.status, resp.error().as_str()), (413, "body_too_large"));
+    assert_eq!(
+        (resp.status, resp.error().as_str()),
+        (413, "body_too_large")
+    );
     assert_eq!(up.count(), 0);
 }
 
@@ -172,7 +222,9 @@ fn chunked_and_expect_continue_bodies_are_forwarded() {
     )
     .unwrap();
     c.set_read_timeout(Duration::from_secs(2));
-    let interim = c.read_response().expect("100 Continue arrives without the body being sent");
+    let interim = c
+        .read_response()
+        .expect("100 Continue arrives without the body being sent");
     assert_eq!(interim.status, 100);
     c.write(&body).unwrap();
     let resp = c.read_response().unwrap();
@@ -183,7 +235,10 @@ fn chunked_and_expect_continue_bodies_are_forwarded() {
     for r in got {
         assert_eq!(r.header("transfer-encoding"), None);
         assert_eq!(r.header("expect"), None);
-        assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
         assert!(r.json()["signature"]["token"].is_string());
     }
 }
@@ -193,9 +248,15 @@ fn expect_continue_is_not_sent_for_a_request_refused_on_its_header() {
     let up = Upstream::start();
     let proxy = Proxy::start(&mailgun_config(&up, "max_body_bytes: 1000", ""));
     let mut c = Conn::open(proxy.port).unwrap();
-    c.write(b"POST /mg HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n").unwrap();
+    c.write(
+        b"POST /mg HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n",
+    )
+    .unwrap();
     let resp = c.read_response().unwrap();
-    assert_eq!(resp.status, 413, "the refusal comes instead of 100 Continue");
+    assert_eq!(
+        resp.status, 413,
+        "the refusal comes instead of 100 Continue"
+    );
 }
 
 /// A legacy form body padded with an `extra` field to exactly `size` bytes; also returns
@@ -218,7 +279,11 @@ fn bodies_past_64k_and_of_exactly_max_body_bytes_are_forwarded() {
         let resp = post(proxy.port, "/mg", &[FORM], &body);
         assert_eq!(resp.status, 200, "size {size}: {}", resp.text());
         let last = up.received().pop().unwrap();
-        assert_eq!(last.json()["extra"].as_str().unwrap().len(), pad, "size {size}: every byte arrived");
+        assert_eq!(
+            last.json()["extra"].as_str().unwrap().len(),
+            pad,
+            "size {size}: every byte arrived"
+        );
     }
     let (over, _) = padded_form(max + 1);
     assert_eq!(post(proxy.port, "/mg", &[FORM], &over).status, 413);
@@ -228,7 +293,10 @@ fn bodies_past_64k_and_of_exactly_max_body_bytes_are_forwarded() {
 #[test]
 fn a_failed_delivery_frees_the_key_for_the_providers_retry() {
     let up = Upstream::start();
-    up.script([Reply::Status(500, "{\"down\":true}"), Reply::Status(503, "no")]);
+    up.script([
+        Reply::Status(500, "{\"down\":true}"),
+        Reply::Status(503, "no"),
+    ]);
     let proxy = mailgun_proxy(&up);
     let body = mg_json(&token());
     let first = post(proxy.port, "/mg", &[JSON], &body);
@@ -249,24 +317,44 @@ fn upstream_down_is_502_and_slow_is_504_and_both_free_the_key() {
     ));
     let body = mg_json(&token());
     let resp = post(proxy.port, "/mg", &[JSON], &body);
-    assert_eq!((resp.status, resp.error().as_str()), (502, "upstream_unavailable"));
+    assert_eq!(
+        (resp.status, resp.error().as_str()),
+        (502, "upstream_unavailable")
+    );
     let resp = post(proxy.port, "/mg", &[JSON], &body);
-    assert_eq!(resp.status, 502, "key released: the retry is tried again, not 409");
+    assert_eq!(
+        resp.status, 502,
+        "key released: the retry is tried again, not 409"
+    );
 
     let up = Upstream::start();
     up.script([Reply::Slow(Duration::from_secs(3), 200)]);
-    let proxy = Proxy::start(&mailgun_config(&up, "timeouts:\n  upstream_read: 500ms", ""));
+    let proxy = Proxy::start(&mailgun_config(
+        &up,
+        "timeouts:\n  upstream_read: 500ms",
+        "",
+    ));
     let started = Instant::now();
     let resp = post(proxy.port, "/mg", &[JSON], &body);
-    assert_eq!((resp.status, resp.error().as_str()), (504, "upstream_timeout"));
+    assert_eq!(
+        (resp.status, resp.error().as_str()),
+        (504, "upstream_timeout")
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(post(proxy.port, "/mg", &[JSON], &body).status, 200, "retry after timeout passes");
+    assert_eq!(
+        post(proxy.port, "/mg", &[JSON], &body).status,
+        200,
+        "retry after timeout passes"
+    );
 
     let up = Upstream::start();
     up.script([Reply::Reset]);
     let proxy = mailgun_proxy(&up);
     let resp = post(proxy.port, "/mg", &[JSON], &body);
-    assert_eq!((resp.status, resp.error().as_str()), (502, "upstream_unavailable"));
+    assert_eq!(
+        (resp.status, resp.error().as_str()),
+        (502, "upstream_unavailable")
+    );
     assert_eq!(post(proxy.port, "/mg", &[JSON], &body).status, 200);
 }
 
@@ -322,7 +410,11 @@ fn spoofed_webhook_headers_are_stripped() {
 fn form_with_repeated_fields_becomes_arrays() {
     let up = Upstream::start();
     let proxy = mailgun_proxy(&up);
-    let body = mg_form(MG_KEY, &token(), "&event=opened&tag=a&tag=b+c&tag=%E2%9C%93&recipient=x%40y.z");
+    let body = mg_form(
+        MG_KEY,
+        &token(),
+        "&event=opened&tag=a&tag=b+c&tag=%E2%9C%93&recipient=x%40y.z",
+    );
     assert_eq!(post(proxy.port, "/mg", &[FORM], &body).status, 200);
     let v = up.received()[0].json();
     assert_eq!(v["event"], "opened");
@@ -330,7 +422,18 @@ fn form_with_repeated_fields_becomes_arrays() {
     assert_eq!(v["recipient"], "x@y.z");
     assert!(v["timestamp"].is_string());
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["timestamp", "token", "signature", "event", "tag", "recipient"], "arrival order");
+    assert_eq!(
+        keys,
+        [
+            "timestamp",
+            "token",
+            "signature",
+            "event",
+            "tag",
+            "recipient"
+        ],
+        "arrival order"
+    );
 }
 
 #[test]
@@ -342,9 +445,17 @@ fn multipart_with_attachment_becomes_base64_objects() {
     let sig = mg_sig(MG_KEY, &ts, &tok);
     let attachment: Vec<u8> = (0u8..=255).collect();
     let mut body = Vec::new();
-    for (name, value) in [("timestamp", ts.as_str()), ("token", tok.as_str()), ("signature", sig.as_str()), ("subject", "Hi ✓")] {
+    for (name, value) in [
+        ("timestamp", ts.as_str()),
+        ("token", tok.as_str()),
+        ("signature", sig.as_str()),
+        ("subject", "Hi ✓"),
+    ] {
         body.extend_from_slice(
-            format!("--BOUNDARY\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
+            format!(
+                "--BOUNDARY\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
         );
     }
     body.extend_from_slice(
@@ -352,7 +463,12 @@ fn multipart_with_attachment_becomes_base64_objects() {
     );
     body.extend_from_slice(&attachment);
     body.extend_from_slice(b"\r\n--BOUNDARY--\r\n");
-    let resp = post(proxy.port, "/mg", &[("Content-Type", "multipart/form-data; boundary=BOUNDARY")], &body);
+    let resp = post(
+        proxy.port,
+        "/mg",
+        &[("Content-Type", "multipart/form-data; boundary=BOUNDARY")],
+        &body,
+    );
     assert_eq!(resp.status, 200, "{}", resp.text());
     let r = &up.received()[0];
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -378,14 +494,21 @@ fn forward_body_original_passes_bytes_and_type_unchanged() {
     assert_eq!(post(proxy.port, "/mg", &[FORM], &body).status, 200);
     let r = &up.received()[0];
     assert_eq!(r.body, body);
-    assert_eq!(r.header("content-type"), Some("application/x-www-form-urlencoded"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
 }
 
 #[test]
 fn request_metrics_move_by_exactly_one() {
     let up = Upstream::start();
     let proxy = mailgun_proxy(&up);
-    let series = |outcome: &str| format!("hookguard_requests_total{{outcome=\"{outcome}\",provider=\"mailgun\",route=\"mg\"}}");
+    let series = |outcome: &str| {
+        format!(
+            "hookguard_requests_total{{outcome=\"{outcome}\",provider=\"mailgun\",route=\"mg\"}}"
+        )
+    };
     let before = proxy.metrics();
     assert_eq!(metric_value(&before, &series("forwarded")), 0.0);
     post(proxy.port, "/mg", &[JSON], &mg_json(&token()));
@@ -396,11 +519,23 @@ fn request_metrics_move_by_exactly_one() {
     assert_eq!(metric_value(&after, &series("missing_signature")), 1.0);
     assert_eq!(metric_value(&after, &series("bad_signature")), 0.0);
     assert_eq!(
-        metric_value(&after, "hookguard_requests_total{outcome=\"no_route\",provider=\"\",route=\"\"}"),
+        metric_value(
+            &after,
+            "hookguard_requests_total{outcome=\"no_route\",provider=\"\",route=\"\"}"
+        ),
         1.0
     );
-    assert_eq!(metric_value(&after, "hookguard_verify_duration_seconds_count"), 2.0);
-    assert_eq!(metric_value(&after, "hookguard_upstream_duration_seconds_count{route=\"mg\"}"), 1.0);
+    assert_eq!(
+        metric_value(&after, "hookguard_verify_duration_seconds_count"),
+        2.0
+    );
+    assert_eq!(
+        metric_value(
+            &after,
+            "hookguard_upstream_duration_seconds_count{route=\"mg\"}"
+        ),
+        1.0
+    );
     assert_eq!(metric_value(&after, "hookguard_replay_entries"), 1.0);
     assert!(after.contains("# HELP hookguard_requests_total"));
     assert!(after.contains("hookguard_config_reloads_total{result=\"ok\"} 0"));
@@ -433,27 +568,46 @@ fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
         proxy.signal(sig);
         let signalled = Instant::now();
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(get(proxy.admin_port, "/readyz").map(|r| r.status).unwrap_or(503), 503, "not ready while draining");
-        assert!(Conn::open(port).and_then(|mut c| c.post("/mg", &[JSON], &mg_json(&token()))).is_err(),
-            "no new requests once shutdown began");
-        assert_eq!(in_flight.join().unwrap().status, 200, "SIG{sig}: the request in flight completes");
+        assert_eq!(
+            get(proxy.admin_port, "/readyz")
+                .map(|r| r.status)
+                .unwrap_or(503),
+            503,
+            "not ready while draining"
+        );
+        assert!(
+            Conn::open(port)
+                .and_then(|mut c| c.post("/mg", &[JSON], &mg_json(&token())))
+                .is_err(),
+            "no new requests once shutdown began"
+        );
+        assert_eq!(
+            in_flight.join().unwrap().status,
+            200,
+            "SIG{sig}: the request in flight completes"
+        );
         let code = proxy.wait_exit(Duration::from_secs(5));
         assert_eq!(code, Some(0), "SIG{sig}: exit 0\n{}", proxy.log());
-        assert!(signalled.elapsed() < Duration::from_secs(4), "prompt exit: {:?}", signalled.elapsed());
+        assert!(
+            signalled.elapsed() < Duration::from_secs(4),
+            "prompt exit: {:?}",
+            signalled.elapsed()
+        );
     }
 }
 
 #[test]
 fn logs_one_line_per_request_without_secrets_or_bodies() {
     let up = Upstream::start();
-    let proxy = Proxy::start_with(
-        &mailgun_config(&up, "", ""),
-        &["--log-format", "json"],
-        &[],
-    );
+    let proxy = Proxy::start_with(&mailgun_config(&up, "", ""), &["--log-format", "json"], &[]);
     let tok = token();
     post(proxy.port, "/mg", &[JSON], &mg_json(&tok));
-    post(proxy.port, "/mg", &[JSON], &mg_json_at("bad", now(), &token(), "x"));
+    post(
+        proxy.port,
+        "/mg",
+        &[JSON],
+        &mg_json_at("bad", now(), &token(), "x"),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let log = proxy.log();
     let lines: Vec<serde_json::Value> = log
@@ -469,5 +623,8 @@ fn logs_one_line_per_request_without_secrets_or_bodies() {
     assert_eq!(lines[0]["client"], "127.0.0.1");
     assert_eq!(lines[1]["outcome"], "bad_signature");
     assert!(!log.contains(MG_KEY), "the signing key is never logged");
-    assert!(!log.contains("alice@example.com"), "bodies are never logged");
+    assert!(
+        !log.contains("alice@example.com"),
+        "bodies are never logged"
+    );
 }

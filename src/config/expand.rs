@@ -145,9 +145,17 @@ mod tests {
         assert_eq!(expand_str("${file:/run/s}", &env).unwrap().unwrap(), "sec");
         assert_eq!(expand_str("$${A}", &env).unwrap().unwrap(), "${A}");
         assert_eq!(expand_str("plain $x", &env).unwrap(), None);
-        assert!(expand_str("${B}", &env).unwrap_err().contains("`B` is not set"));
-        assert!(expand_str("${A", &env).unwrap_err().contains("unterminated"));
-        assert!(expand_str("${file:/nope}", &env).unwrap_err().contains("/nope"));
-        assert!(expand_str("${a-b}", &env).unwrap_err().contains("not a valid"));
+        assert!(expand_str("${B}", &env)
+            .unwrap_err()
+            .contains("`B` is not set"));
+        assert!(expand_str("${A", &env)
+            .unwrap_err()
+            .contains("unterminated"));
+        assert!(expand_str("${file:/nope}", &env)
+            .unwrap_err()
+            .contains("/nope"));
+        assert!(expand_str("${a-b}", &env)
+            .unwrap_err()
+            .contains("not a valid"));
     }
 }

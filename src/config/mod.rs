@@ -281,7 +281,12 @@ pub fn load_str(text: &str, origin: &str, env: &dyn Environment) -> Result<Confi
                 line: l.line(),
                 col: l.column(),
             }),
-            message: e.to_string().split(" at line ").next().unwrap_or_default().to_owned(),
+            message: e
+                .to_string()
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
         }])
     })?;
 
@@ -293,7 +298,13 @@ pub fn load_str(text: &str, origin: &str, env: &dyn Environment) -> Result<Confi
     };
 
     let mut expand_errors = Vec::new();
-    expand::expand_tree(&mut root, &YPath::root(), env, &mut loader.expanded, &mut expand_errors);
+    expand::expand_tree(
+        &mut root,
+        &YPath::root(),
+        env,
+        &mut loader.expanded,
+        &mut expand_errors,
+    );
     for e in expand_errors {
         loader.error_at_value(&e.path, e.message);
     }
@@ -302,7 +313,10 @@ pub fn load_str(text: &str, origin: &str, env: &dyn Environment) -> Result<Confi
         Value::Mapping(m) => m,
         Value::Null => Mapping::new(),
         _ => {
-            loader.error_at_value(&YPath::root(), "the config must be a mapping of keys to values".into());
+            loader.error_at_value(
+                &YPath::root(),
+                "the config must be a mapping of keys to values".into(),
+            );
             Mapping::new()
         }
     };
@@ -310,7 +324,9 @@ pub fn load_str(text: &str, origin: &str, env: &dyn Environment) -> Result<Confi
     if loader.errors.is_empty() {
         config.ok_or_else(|| ConfigErrors(Vec::new()))
     } else {
-        loader.errors.sort_by_key(|e| e.pos.map(|p| (p.line, p.col)));
+        loader
+            .errors
+            .sort_by_key(|e| e.pos.map(|p| (p.line, p.col)));
         Err(ConfigErrors(loader.errors))
     }
 }
@@ -349,7 +365,10 @@ impl Loader<'_> {
             if !known.contains(&name) {
                 self.error_at_key(
                     &base.key(name),
-                    format!("unknown key `{name}` in {what} (expected one of: {})", known.join(", ")),
+                    format!(
+                        "unknown key `{name}` in {what} (expected one of: {})",
+                        known.join(", ")
+                    ),
                 );
             }
         }
@@ -371,9 +390,16 @@ impl Loader<'_> {
     /// A serde error's message, unless the value may be secret: then a generic one.
     fn describe(&self, at: &YPath, e: &serde_yaml::Error) -> String {
         let secret = at.has_key(providers::SECRET_KEYS)
-            || self.expanded.iter().any(|p| at.0.starts_with(&p.0) || p.0.starts_with(&at.0));
+            || self
+                .expanded
+                .iter()
+                .any(|p| at.0.starts_with(&p.0) || p.0.starts_with(&at.0));
         let field = at.to_string();
-        let field = if field.is_empty() { "config".to_owned() } else { format!("`{field}`") };
+        let field = if field.is_empty() {
+            "config".to_owned()
+        } else {
+            format!("`{field}`")
+        };
         if secret {
             format!("{field}: invalid value (not shown: it may be secret)")
         } else {
@@ -407,9 +433,14 @@ impl Loader<'_> {
                 "`max_body_bytes` must be between 1 and 1073741824 (1 GiB)".into(),
             );
         }
-        let threads = self.get::<usize>(top, "threads").unwrap_or_else(default_threads);
+        let threads = self
+            .get::<usize>(top, "threads")
+            .unwrap_or_else(default_threads);
         if threads == 0 || threads > 1024 {
-            self.error_at_value(&YPath::root().key("threads"), "`threads` must be between 1 and 1024".into());
+            self.error_at_value(
+                &YPath::root().key("threads"),
+                "`threads` must be between 1 and 1024".into(),
+            );
         }
         let timeouts = self.timeouts(top);
         let replay = self.replay(top);
@@ -429,7 +460,9 @@ impl Loader<'_> {
     }
 
     fn address(&mut self, top: &Mapping, key: &str, default: &str) -> Option<SocketAddr> {
-        let text = self.get::<String>(top, key).unwrap_or_else(|| default.to_owned());
+        let text = self
+            .get::<String>(top, key)
+            .unwrap_or_else(|| default.to_owned());
         match text.to_socket_addrs().map(|mut a| a.next()) {
             Ok(Some(addr)) => Some(addr),
             _ => {
@@ -477,7 +510,10 @@ impl Loader<'_> {
             ("client_read", t.client_read),
         ] {
             if value.is_zero() {
-                self.error_at_value(&path.key(key), format!("`timeouts.{key}` must be more than 0"));
+                self.error_at_value(
+                    &path.key(key),
+                    format!("`timeouts.{key}` must be more than 0"),
+                );
             }
         }
         t
@@ -493,17 +529,28 @@ impl Loader<'_> {
             .and_then(|r| r.max_entries)
             .unwrap_or(DEFAULT_MAX_ENTRIES);
         if max_entries == 0 {
-            self.error_at_value(&path.key("max_entries"), "`replay.max_entries` must be at least 1".into());
+            self.error_at_value(
+                &path.key("max_entries"),
+                "`replay.max_entries` must be at least 1".into(),
+            );
         }
         ReplaySettings { max_entries }
     }
 
-    fn routes(&mut self, top: &Mapping, default_upstream: Option<&Upstream>, upstream_given: bool) -> Vec<Route> {
+    fn routes(
+        &mut self,
+        top: &Mapping,
+        default_upstream: Option<&Upstream>,
+        upstream_given: bool,
+    ) -> Vec<Route> {
         let base = YPath::root().key("routes");
         let items = match top.get("routes") {
             Some(Value::Sequence(items)) => items.clone(),
             Some(Value::Null) | None => {
-                self.error(None, "no `routes`: hookguard needs at least one route to protect".into());
+                self.error(
+                    None,
+                    "no `routes`: hookguard needs at least one route to protect".into(),
+                );
                 return Vec::new();
             }
             Some(_) => {
@@ -522,7 +569,10 @@ impl Loader<'_> {
             if let Some(first) = names.insert(route.name.clone(), i) {
                 self.error_at_value(
                     &here.key("name"),
-                    format!("route name `{}` is already used by routes[{first}]", route.name),
+                    format!(
+                        "route name `{}` is already used by routes[{first}]",
+                        route.name
+                    ),
                 );
             }
             if let Some(first) = paths.insert(route.path.clone(), i) {
@@ -563,14 +613,23 @@ impl Loader<'_> {
             let known: Vec<&str> = providers::REGISTRY.iter().map(|e| e.name).collect();
             self.error_at_value(
                 &here.key("provider"),
-                format!("unknown provider `{}` (known: {})", raw.provider, known.join(", ")),
+                format!(
+                    "unknown provider `{}` (known: {})",
+                    raw.provider,
+                    known.join(", ")
+                ),
             );
             return None;
         };
         let provider_keys = (entry.fields)();
         let mut all_keys: Vec<&str> = common_keys.to_vec();
         all_keys.extend_from_slice(provider_keys);
-        self.unknown_keys(&specific, here, &all_keys, &format!("a `{}` route", entry.name));
+        self.unknown_keys(
+            &specific,
+            here,
+            &all_keys,
+            &format!("a `{}` route", entry.name),
+        );
         specific.retain(|k, _| k.as_str().is_some_and(|k| provider_keys.contains(&k)));
 
         let provider = match (entry.build)(Value::Mapping(specific)) {
@@ -583,7 +642,10 @@ impl Loader<'_> {
             }
             Err(BuildError::Invalid(errors)) => {
                 for e in errors {
-                    self.error_at_value(&here.key(e.key), format!("`{}`: {}", here.key(e.key), e.message));
+                    self.error_at_value(
+                        &here.key(e.key),
+                        format!("`{}`: {}", here.key(e.key), e.message),
+                    );
                 }
                 None
             }
@@ -592,7 +654,10 @@ impl Loader<'_> {
         if !raw.path.starts_with('/') || raw.path.contains('?') || raw.path.contains('#') {
             self.error_at_value(
                 &here.key("path"),
-                format!("`{}`: a path starts with `/` and has no query", here.key("path")),
+                format!(
+                    "`{}`: a path starts with `/` and has no query",
+                    here.key("path")
+                ),
             );
         }
         if let Some(up) = &raw.upstream_path {
@@ -647,7 +712,9 @@ fn parse_upstream(url: &str) -> Result<SocketAddr, String> {
         _ => return Err(format!("`{url}` must start with http://")),
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("`{url}`: an upstream is scheme://host:port only (use `upstream_path` for paths)"));
+        return Err(format!(
+            "`{url}`: an upstream is scheme://host:port only (use `upstream_path` for paths)"
+        ));
     }
     let host = uri.host().ok_or_else(|| format!("`{url}` has no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');

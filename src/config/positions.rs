@@ -142,7 +142,10 @@ enum Frame {
         pending_key: Option<String>,
         keys_seen: usize,
     },
-    Seq { path: YPath, next: usize },
+    Seq {
+        path: YPath,
+        next: usize,
+    },
 }
 
 #[derive(Default)]
@@ -156,7 +159,9 @@ impl Builder {
     fn next_value_path(&mut self) -> Option<YPath> {
         match self.stack.last_mut() {
             None => Some(YPath::root()),
-            Some(Frame::Map { path, pending_key, .. }) => pending_key.take().map(|k| path.key(&k)),
+            Some(Frame::Map {
+                path, pending_key, ..
+            }) => pending_key.take().map(|k| path.key(&k)),
             Some(Frame::Seq { path, next }) => {
                 let p = path.index(*next);
                 *next += 1;
@@ -174,7 +179,12 @@ impl MarkedEventReceiver for Builder {
                     self.positions.values.insert(path, mark.into());
                 }
                 None => {
-                    if let Some(Frame::Map { path, pending_key, keys_seen }) = self.stack.last_mut() {
+                    if let Some(Frame::Map {
+                        path,
+                        pending_key,
+                        keys_seen,
+                    }) = self.stack.last_mut()
+                    {
                         // yaml-rust2 marks a block mapping at its first key's `:`; the first
                         // key itself is the better place to point at.
                         if *keys_seen == 0 {
@@ -188,7 +198,9 @@ impl MarkedEventReceiver for Builder {
             },
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 // A complex mapping key has no path of ours; index it under a placeholder.
-                let path = self.next_value_path().unwrap_or_else(|| YPath::root().key("?"));
+                let path = self
+                    .next_value_path()
+                    .unwrap_or_else(|| YPath::root().key("?"));
                 self.positions.values.insert(path.clone(), mark.into());
                 self.stack.push(if matches!(ev, Event::MappingStart(..)) {
                     Frame::Map {
@@ -220,7 +232,10 @@ mod tests {
         let text = "listen: x\nroutes:\n  - name: a\n    secrets: [s1, s2]\n";
         let p = Positions::index(text);
         let route = YPath::root().key("routes").index(0);
-        assert_eq!(p.value(&YPath::root().key("listen")), Some(Pos { line: 1, col: 9 }));
+        assert_eq!(
+            p.value(&YPath::root().key("listen")),
+            Some(Pos { line: 1, col: 9 })
+        );
         assert_eq!(p.key(&route.key("name")), Some(Pos { line: 3, col: 5 }));
         assert_eq!(
             p.value(&route.key("secrets").index(1)),
@@ -228,6 +243,9 @@ mod tests {
         );
         // Unknown deeper paths fall back to the closest ancestor.
         assert_eq!(p.value(&route.key("nope")), Some(Pos { line: 3, col: 5 }));
-        assert_eq!(route.key("secrets").index(1).to_string(), "routes[0].secrets[1]");
+        assert_eq!(
+            route.key("secrets").index(1).to_string(),
+            "routes[0].secrets[1]"
+        );
     }
 }

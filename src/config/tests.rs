@@ -67,14 +67,21 @@ fn loads_a_valid_config() {
     assert_eq!(c.max_body_bytes, 2048);
     assert_eq!(c.threads, 2);
     assert_eq!(c.timeouts.upstream_read, Duration::from_secs(2));
-    assert_eq!(c.timeouts.upstream_connect, Timeouts::default().upstream_connect);
+    assert_eq!(
+        c.timeouts.upstream_connect,
+        Timeouts::default().upstream_connect
+    );
     assert_eq!(c.replay.max_entries, 10);
     let mg = c.routes.lookup("/webhooks/mailgun").expect("route");
     assert_eq!(mg.provider_name, "mailgun");
     assert_eq!(mg.upstream.addr.to_string(), "127.0.0.1:3000");
     assert_eq!(mg.upstream_path.as_deref(), Some("/hooks/mailgun"));
     assert_eq!(mg.forward_body, ForwardBody::Json);
-    assert!(mg.summary().contains("2 secret(s), tolerance 10m"), "{}", mg.summary());
+    assert!(
+        mg.summary().contains("2 secret(s), tolerance 10m"),
+        "{}",
+        mg.summary()
+    );
     let legacy = c.routes.lookup("/legacy").expect("route");
     assert_eq!(legacy.upstream.addr.port(), 4000);
     assert_eq!(legacy.forward_body, ForwardBody::Original);
@@ -125,7 +132,11 @@ routes:
         "test.yaml:17:16: `routes[2].tolerance`:",
     ];
     for e in expect {
-        assert!(errs.iter().any(|got| got.starts_with(e)), "missing {e:?} in\n{}", errs.join("\n"));
+        assert!(
+            errs.iter().any(|got| got.starts_with(e)),
+            "missing {e:?} in\n{}",
+            errs.join("\n")
+        );
     }
     assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
 }
@@ -136,16 +147,30 @@ fn duplicate_names_and_paths() {
   - {name: a, path: /a, provider: mailgun, secrets: [k]}\n\
   - {name: a, path: /a, provider: mailgun, secrets: [k]}\n";
     let errs = errors(text);
-    assert!(errs.iter().any(|e| e.contains("route name `a` is already used by routes[0]")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("path `/a` is already routed by routes[0]")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("route name `a` is already used by routes[0]")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("path `/a` is already routed by routes[0]")),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn missing_route_fields_and_upstream() {
     let errs = errors("routes:\n  - name: a\n    provider: mailgun\n    secrets: [k]\n");
-    assert!(errs.iter().any(|e| e.contains("missing field `path`")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.contains("missing field `path`")),
+        "{errs:?}"
+    );
     let errs = errors("routes:\n  - {name: a, path: /a, provider: mailgun, secrets: [k]}\n");
-    assert!(errs.iter().any(|e| e.contains("has no `upstream`")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.contains("has no `upstream`")),
+        "{errs:?}"
+    );
     let errs = errors("upstream: http://127.0.0.1:1\n");
     assert!(errs.iter().any(|e| e.contains("no `routes`")), "{errs:?}");
 }
@@ -155,7 +180,13 @@ fn syntax_errors_have_positions() {
     let errs = errors("routes:\n  - name: [unclosed\n");
     assert_eq!(errs.len(), 1);
     assert!(errs[0].starts_with("test.yaml:"), "{errs:?}");
-    assert!(errs[0].split(':').nth(1).is_some_and(|l| l.parse::<usize>().is_ok()), "{errs:?}");
+    assert!(
+        errs[0]
+            .split(':')
+            .nth(1)
+            .is_some_and(|l| l.parse::<usize>().is_ok()),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -183,7 +214,10 @@ routes:
     assert!(!errs.contains("SECRETVALUE"), "{errs}");
     assert!(errs.contains("routes[0].secrets"), "{errs}");
     assert!(errs.contains("routes[1].forward_body"), "{errs}");
-    assert!(errs.contains("every secret must be a non-empty string"), "{errs}");
+    assert!(
+        errs.contains("every secret must be a non-empty string"),
+        "{errs}"
+    );
 }
 
 #[test]
@@ -198,7 +232,11 @@ fn secrets_are_redacted_in_debug_and_summary() {
 #[test]
 fn https_and_paths_in_upstreams_are_refused() {
     let errs = errors("upstream: https://127.0.0.1:1\nroutes:\n  - {name: a, path: /a, provider: mailgun, secrets: [k]}\n");
-    assert!(errs.iter().any(|e| e.contains("https upstreams are not supported")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("https upstreams are not supported")),
+        "{errs:?}"
+    );
     let errs = errors("upstream: http://127.0.0.1:1/app\nroutes:\n  - {name: a, path: /a, provider: mailgun, secrets: [k]}\n");
     assert!(errs.iter().any(|e| e.contains("upstream_path")), "{errs:?}");
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::{
-    check_window, hmac_matches, HmacSha256, remember_until_stale, Inbound, OptionError, Provider,
+    check_window, hmac_matches, remember_until_stale, HmacSha256, Inbound, OptionError, Provider,
     ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
 };
 use crate::body::{Body, MediaType};
@@ -38,7 +38,10 @@ impl ProviderFactory for Mailgun {
     fn from_options(o: Options) -> Result<Self, Vec<OptionError>> {
         let mut errors = Vec::new();
         if o.secrets.0.is_empty() || o.secrets.0.iter().any(Secret::is_empty) {
-            errors.push(OptionError::new("secrets", "every secret must be a non-empty string"));
+            errors.push(OptionError::new(
+                "secrets",
+                "every secret must be a non-empty string",
+            ));
         }
         if errors.is_empty() {
             Ok(Mailgun {
@@ -77,6 +80,7 @@ impl Provider for Mailgun {
             replay_key: m.token,
             timestamp: Some(timestamp),
             remember_for: remember_until_stale(timestamp, now, self.tolerance),
+            answer: None,
         })
     }
 
@@ -244,11 +248,23 @@ mod tests {
     fn json_form_and_number_timestamp() {
         let sig = sign(KEY, "1700000000", "tok1");
         let p = provider(&[KEY]);
-        let v = check(&p, &json_body("1700000000", "tok1", &sig), "application/json", 1_700_000_000).unwrap();
+        let v = check(
+            &p,
+            &json_body("1700000000", "tok1", &sig),
+            "application/json",
+            1_700_000_000,
+        )
+        .unwrap();
         assert_eq!(v.replay_key, "tok1");
         assert_eq!(v.timestamp, Some(1_700_000_000));
         let form = format!("timestamp=1700000000&token=tok1&signature={sig}&event=opened");
-        assert!(check(&p, &form, "application/x-www-form-urlencoded", 1_700_000_000).is_ok());
+        assert!(check(
+            &p,
+            &form,
+            "application/x-www-form-urlencoded",
+            1_700_000_000
+        )
+        .is_ok());
         let num = format!(
             r#"{{"signature":{{"timestamp":1700000000,"token":"tok1","signature":"{sig}"}}}}"#
         );
@@ -261,25 +277,47 @@ mod tests {
         let p = provider(&[KEY]);
         let ok = json_body("1700000000", "tok1", &sig);
         let ct = "application/json";
-        assert_eq!(check(&p, "{}", ct, 1_700_000_000), Err(Rejection::MissingSignature));
-        assert_eq!(check(&p, "not json", ct, 1_700_000_000), Err(Rejection::MissingSignature));
+        assert_eq!(
+            check(&p, "{}", ct, 1_700_000_000),
+            Err(Rejection::MissingSignature)
+        );
+        assert_eq!(
+            check(&p, "not json", ct, 1_700_000_000),
+            Err(Rejection::MissingSignature)
+        );
         assert_eq!(
             check(&p, &json_body("17e8", "tok1", &sig), ct, 1_700_000_000),
             Err(Rejection::MissingSignature)
         );
         assert_eq!(
-            check(&p, &json_body("1700000000", "tok1", "zz"), ct, 1_700_000_000),
+            check(
+                &p,
+                &json_body("1700000000", "tok1", "zz"),
+                ct,
+                1_700_000_000
+            ),
             Err(Rejection::MissingSignature)
         );
-        assert_eq!(check(&p, &ok, ct, 1_700_000_301), Err(Rejection::StaleTimestamp));
-        assert_eq!(check(&p, &ok, ct, 1_699_999_699), Err(Rejection::StaleTimestamp));
+        assert_eq!(
+            check(&p, &ok, ct, 1_700_000_301),
+            Err(Rejection::StaleTimestamp)
+        );
+        assert_eq!(
+            check(&p, &ok, ct, 1_699_999_699),
+            Err(Rejection::StaleTimestamp)
+        );
         assert_eq!(
             check(&provider(&["other"]), &ok, ct, 1_700_000_000),
             Err(Rejection::BadSignature)
         );
         // The token is signed: swapping it breaks the signature.
         assert_eq!(
-            check(&p, &json_body("1700000000", "tok2", &sig), ct, 1_700_000_000),
+            check(
+                &p,
+                &json_body("1700000000", "tok2", &sig),
+                ct,
+                1_700_000_000
+            ),
             Err(Rejection::BadSignature)
         );
     }
@@ -288,7 +326,13 @@ mod tests {
     fn any_secret_may_match() {
         let sig = sign("new-key", "1700000000", "t");
         let p = provider(&["old-key", "new-key"]);
-        assert!(check(&p, &json_body("1700000000", "t", &sig), "application/json", 1_700_000_000).is_ok());
+        assert!(check(
+            &p,
+            &json_body("1700000000", "t", &sig),
+            "application/json",
+            1_700_000_000
+        )
+        .is_ok());
     }
 
     #[test]
@@ -296,7 +340,12 @@ mod tests {
         let sig = sign(KEY, "1700000000", "tok1");
         let form = format!("timestamp=1700000000&token=tok1&token=evil&signature={sig}");
         assert_eq!(
-            check(&provider(&[KEY]), &form, "application/x-www-form-urlencoded", 1_700_000_000),
+            check(
+                &provider(&[KEY]),
+                &form,
+                "application/x-www-form-urlencoded",
+                1_700_000_000
+            ),
             Err(Rejection::MissingSignature)
         );
     }

@@ -49,6 +49,17 @@ pub struct Verified {
     pub timestamp: Option<i64>,
     /// How long the key must be remembered once delivered.
     pub remember_for: Duration,
+    /// When set, hookguard answers the request itself instead of forwarding it (a provider's
+    /// endpoint-validation challenge, such as Zoom's `endpoint.url_validation`).
+    pub answer: Option<Answer>,
+}
+
+/// A response hookguard gives on the provider's behalf to a verified request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
 }
 
 pub trait Provider: Send + Sync + 'static {
@@ -155,7 +166,10 @@ pub enum BuildError {
     Invalid(Vec<OptionError>),
 }
 
-const fn entry<P: ProviderFactory>(name: &'static str, aliases: &'static [&'static str]) -> ProviderEntry {
+const fn entry<P: ProviderFactory>(
+    name: &'static str,
+    aliases: &'static [&'static str],
+) -> ProviderEntry {
     ProviderEntry {
         name,
         aliases,
@@ -253,18 +267,36 @@ mod tests {
         let tol = Duration::from_secs(300);
         assert!(check_window(1_000_000 - 300, now, tol).is_ok());
         assert!(check_window(1_000_000 + 300, now, tol).is_ok());
-        assert_eq!(check_window(1_000_000 - 301, now, tol), Err(Rejection::StaleTimestamp));
-        assert_eq!(check_window(1_000_000 + 301, now, tol), Err(Rejection::StaleTimestamp));
-        assert_eq!(check_window(i64::MIN, now, tol), Err(Rejection::StaleTimestamp));
+        assert_eq!(
+            check_window(1_000_000 - 301, now, tol),
+            Err(Rejection::StaleTimestamp)
+        );
+        assert_eq!(
+            check_window(1_000_000 + 301, now, tol),
+            Err(Rejection::StaleTimestamp)
+        );
+        assert_eq!(
+            check_window(i64::MIN, now, tol),
+            Err(Rejection::StaleTimestamp)
+        );
     }
 
     #[test]
     fn remembered_until_the_window_closes() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let tol = Duration::from_secs(300);
-        assert_eq!(remember_until_stale(1_000_000, now, tol), Duration::from_secs(360));
-        assert_eq!(remember_until_stale(1_000_000 - 300, now, tol), Duration::from_secs(60));
-        assert_eq!(remember_until_stale(1_000_000 + 300, now, tol), Duration::from_secs(660));
+        assert_eq!(
+            remember_until_stale(1_000_000, now, tol),
+            Duration::from_secs(360)
+        );
+        assert_eq!(
+            remember_until_stale(1_000_000 - 300, now, tol),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            remember_until_stale(1_000_000 + 300, now, tol),
+            Duration::from_secs(660)
+        );
     }
 
     #[test]

@@ -82,7 +82,11 @@ pub fn upstream_request(client: &RequestHeader, f: &Forwarding<'_>) -> Result<Re
         req.insert_header("X-Webhook-Timestamp", ts)?;
     }
     if let Some(ip) = f.client_ip {
-        let xff = match client.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match client
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
             _ => ip.to_string(),
         };
@@ -118,9 +122,11 @@ mod tests {
     fn client() -> RequestHeader {
         let mut h = RequestHeader::build("POST", b"/in?x=1", None).unwrap();
         h.insert_header("Host", "example.com").unwrap();
-        h.insert_header("Content-Type", "application/x-www-form-urlencoded").unwrap();
+        h.insert_header("Content-Type", "application/x-www-form-urlencoded")
+            .unwrap();
         h.insert_header("Content-Length", "999").unwrap();
-        h.insert_header("Connection", "keep-alive, X-Secret-Hop").unwrap();
+        h.insert_header("Connection", "keep-alive, X-Secret-Hop")
+            .unwrap();
         h.insert_header("X-Secret-Hop", "1").unwrap();
         h.insert_header("Expect", "100-continue").unwrap();
         h.insert_header("X-Webhook-Id", "spoofed").unwrap();
@@ -156,7 +162,10 @@ mod tests {
         assert_eq!(get("x-webhook-route").as_deref(), Some("mg"));
         assert_eq!(get("x-webhook-id").as_deref(), Some("tok%20en%0A"));
         assert_eq!(get("x-webhook-timestamp").as_deref(), Some("1700000000"));
-        assert_eq!(get("x-forwarded-for").as_deref(), Some("10.0.0.1, 127.0.0.2"));
+        assert_eq!(
+            get("x-forwarded-for").as_deref(),
+            Some("10.0.0.1, 127.0.0.2")
+        );
         assert_eq!(req.headers.get_all("x-webhook-id").iter().count(), 1);
     }
 }

@@ -190,7 +190,9 @@ impl HttpServerApp for GatewayApp {
             End::Responded { reuse: true } if !gw.is_draining() => {
                 let settings = HttpPersistentSettings::for_session(&session);
                 match session.finish().await {
-                    Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+                    Ok(Some(stream)) => {
+                        Some(ReusedHttpStream::from_reusable_stream(stream, settings))
+                    }
                     _ => None,
                 }
             }
@@ -216,7 +218,12 @@ async fn shutdown_started(shutdown: &mut ShutdownWatch) {
 }
 
 /// Takes one request from header to response.
-async fn handle(gw: &Gateway, snap: &Snapshot, session: &mut ServerSession, report: &mut Report) -> End {
+async fn handle(
+    gw: &Gateway,
+    snap: &Snapshot,
+    session: &mut ServerSession,
+    report: &mut Report,
+) -> End {
     let config = &snap.config;
     let req = session.req_header();
     let Some(route) = config.routes.lookup(req.uri.path()).cloned() else {
@@ -239,7 +246,14 @@ async fn handle(gw: &Gateway, snap: &Snapshot, session: &mut ServerSession, repo
         return End::Abort;
     }
 
-    let bytes = match read_body(session, config.max_body_bytes, declared, config.timeouts.client_read).await {
+    let bytes = match read_body(
+        session,
+        config.max_body_bytes,
+        declared,
+        config.timeouts.client_read,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(BodyRead::TooLarge) => return reject(session, report, Rejection::BodyTooLarge).await,
         Err(BodyRead::TimedOut) => return reject(session, report, Rejection::ClientTimeout).await,
@@ -274,6 +288,17 @@ async fn handle(gw: &Gateway, snap: &Snapshot, session: &mut ServerSession, repo
         Err(r) => return reject(session, report, r).await,
     };
     report.replay_key = Some(verified.replay_key.clone());
+    if let Some(answer) = &verified.answer {
+        return respond(
+            session,
+            report,
+            Outcome::Answered,
+            answer.status,
+            answer.content_type,
+            Bytes::from(answer.body.clone()),
+        )
+        .await;
+    }
 
     let Ok(reservation) = gw.replay.reserve(&route.name, &verified.replay_key) else {
         return reject(session, report, Rejection::Replayed).await;
@@ -339,7 +364,11 @@ async fn relay_response(
     mut exchange: upstream::Exchange,
     response: ResponseHeader,
 ) -> End {
-    if session.write_response_header(Box::new(response)).await.is_err() {
+    if session
+        .write_response_header(Box::new(response))
+        .await
+        .is_err()
+    {
         return End::Abort;
     }
     loop {
@@ -361,26 +390,49 @@ async fn relay_response(
     End::Responded { reuse: true }
 }
 
-/// Writes a rejection. The connection stays open when the request was read completely;
-/// when its body was left unread (404, 405, 413, ...) it is closed rather than drained.
+/// Writes a rejection: `{"error":"<code>"}`.
 async fn reject(session: &mut ServerSession, report: &mut Report, r: Rejection) -> End {
-    report.outcome = Outcome::Rejected(r);
-    report.status = r.status();
+    let body = Bytes::from(r.body());
+    respond(
+        session,
+        report,
+        Outcome::Rejected(r),
+        r.status(),
+        "application/json",
+        body,
+    )
+    .await
+}
+
+/// Writes a response of hookguard's own. The connection stays open when the request was read
+/// completely; when its body was left unread (404, 405, 413, ...) it is closed, not drained.
+async fn respond(
+    session: &mut ServerSession,
+    report: &mut Report,
+    outcome: Outcome,
+    status: u16,
+    content_type: &'static str,
+    body: Bytes,
+) -> End {
+    report.outcome = outcome;
+    report.status = status;
     let reuse = session.is_body_done();
     if !reuse {
         session.set_keepalive(None);
     }
-    let body = Bytes::from(r.body());
-    let mut header = match ResponseHeader::build(r.status(), Some(2)) {
+    let mut header = match ResponseHeader::build(status, Some(2)) {
         Ok(h) => h,
         Err(_) => return End::Abort,
     };
     let ok = header
-        .insert_header(http::header::CONTENT_TYPE, "application/json")
+        .insert_header(http::header::CONTENT_TYPE, content_type)
         .and_then(|_| header.insert_header(http::header::CONTENT_LENGTH, body.len()))
         .is_ok();
     if !ok
-        || session.write_response_header(Box::new(header)).await.is_err()
+        || session
+            .write_response_header(Box::new(header))
+            .await
+            .is_err()
         || session.write_response_body(body, true).await.is_err()
     {
         return End::Abort;
@@ -394,7 +446,9 @@ fn record(snap: &Snapshot, session: &ServerSession, report: &Report, started: In
         Some(m) => m.count(report.outcome),
         None => snap.metrics.no_route.inc(),
     }
-    let client = client_ip(session).map(|ip| ip.to_string()).unwrap_or_default();
+    let client = client_ip(session)
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
     tracing::info!(
         target: "hookguard::request",
         route = route.map_or("", |r| r.name.as_str()),

@@ -54,7 +54,10 @@ impl Received {
     }
 
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -103,7 +106,9 @@ impl Upstream {
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 conns.fetch_add(1, Ordering::SeqCst);
                 let (rx, sc, default) = (rx.clone(), sc.clone(), default.clone());
                 tokio::spawn(async move {
@@ -111,14 +116,23 @@ impl Upstream {
                         let (rx, sc, default) = (rx.clone(), sc.clone(), default.clone());
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             rx.lock().unwrap().push(Received {
                                 method: parts.method.to_string(),
                                 uri: parts.uri.to_string(),
                                 headers: parts
                                     .headers
                                     .iter()
-                                    .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                    .map(|(n, v)| {
+                                        (
+                                            n.to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
                                     .collect(),
                                 body: body.to_vec(),
                             });
@@ -139,11 +153,19 @@ impl Upstream {
                                 .unwrap())
                         }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
-        Upstream { port, received, script, connections, _runtime: runtime }
+        Upstream {
+            port,
+            received,
+            script,
+            connections,
+            _runtime: runtime,
+        }
     }
 
     /// Replies for the next requests, in order.
@@ -194,7 +216,12 @@ impl Proxy {
             "listen: \"127.0.0.1:{port}\"\nadmin_listen: \"127.0.0.1:{admin_port}\"\nthreads: 2\n{body}"
         );
         std::fs::write(dir.path().join("config.yaml"), config).expect("write config");
-        let mut proxy = Proxy { port, admin_port, dir, child: None };
+        let mut proxy = Proxy {
+            port,
+            admin_port,
+            dir,
+            child: None,
+        };
         proxy.spawn(args, env);
         proxy
     }
@@ -244,7 +271,11 @@ impl Proxy {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success());
     }
 
@@ -289,7 +320,10 @@ impl Drop for Proxy {
 /// The value of `series` (name and labels exactly as exposed) in a metrics text; 0 if absent.
 pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map(|v| v.trim().parse().expect("number"))
         .unwrap_or(0.0)
 }
@@ -335,7 +369,9 @@ impl Conn {
         let stream = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
         stream.set_nodelay(true)?;
-        Ok(Conn { reader: BufReader::new(stream) })
+        Ok(Conn {
+            reader: BufReader::new(stream),
+        })
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -343,11 +379,19 @@ impl Conn {
     }
 
     pub fn set_read_timeout(&mut self, t: Duration) {
-        self.reader.get_ref().set_read_timeout(Some(t)).expect("timeout");
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(t))
+            .expect("timeout");
     }
 
     /// Sends a POST with a Content-Length body and reads the response.
-    pub fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpResponse> {
+    pub fn post(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<HttpResponse> {
         self.write(&request_bytes("POST", path, headers, body))?;
         self.read_response()
     }
@@ -355,7 +399,10 @@ impl Conn {
     pub fn read_response(&mut self) -> std::io::Result<HttpResponse> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         let status: u16 = line
             .split_whitespace()
@@ -382,7 +429,11 @@ impl Conn {
         };
         if (100..200).contains(&status) {
             // An interim response: the caller reads the final one next.
-            return Ok(HttpResponse { status, headers, body: Vec::new() });
+            return Ok(HttpResponse {
+                status,
+                headers,
+                body: Vec::new(),
+            });
         }
         let mut body = Vec::new();
         if resp_header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
@@ -402,7 +453,11 @@ impl Conn {
             body.resize(n, 0);
             self.reader.read_exact(&mut body)?;
         }
-        Ok(HttpResponse { status, headers, body })
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// Whether the server closed the connection (reads EOF).
@@ -418,7 +473,9 @@ pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &
     for (n, v) in headers {
         out.push_str(&format!("{n}: {v}\r\n"));
     }
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding")) {
+    if !headers.iter().any(|(n, _)| {
+        n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding")
+    }) {
         out.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     out.push_str("\r\n");
@@ -429,12 +486,16 @@ pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &
 
 /// One POST on a fresh connection.
 pub fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
-    Conn::open(port).and_then(|mut c| c.post(path, headers, body)).expect("POST")
+    Conn::open(port)
+        .and_then(|mut c| c.post(path, headers, body))
+        .expect("POST")
 }
 
 pub fn get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
     let mut c = Conn::open(port)?;
-    c.write(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())?;
+    c.write(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
     c.read_response()
 }
 
@@ -445,7 +506,10 @@ pub fn get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
 pub const MG_KEY: &str = "key-e2e-mailgun-signing";
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 pub fn mg_sig(key: &str, timestamp: &str, token: &str) -> String {
@@ -459,7 +523,10 @@ pub fn mg_sig(key: &str, timestamp: &str, token: &str) -> String {
 pub fn token() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("tok{nanos:x}{n:04}{:x}", std::process::id())
 }
 
