@@ -17,7 +17,24 @@ use crate::body::Body;
 use crate::config::introspect::struct_fields;
 pub use crate::outcome::Rejection;
 
+pub mod basic_auth;
+pub mod discord;
+pub mod github;
+pub mod hmac_generic;
+pub mod intercom;
+pub mod linear;
 pub mod mailgun;
+pub mod mandrill;
+pub mod paddle;
+pub mod sendgrid;
+pub mod shopify;
+pub mod slack;
+pub mod square;
+pub mod standard_webhooks;
+pub mod stripe;
+pub mod twilio;
+pub mod twitch;
+pub mod zoom;
 
 /// The request as a provider sees it.
 pub struct Inbound<'a> {
@@ -186,7 +203,26 @@ fn build<P: ProviderFactory>(value: serde_yaml::Value) -> Result<Arc<dyn Provide
 }
 
 /// Every provider hookguard knows.
-pub static REGISTRY: &[ProviderEntry] = &[entry::<mailgun::Mailgun>("mailgun", &[])];
+pub static REGISTRY: &[ProviderEntry] = &[
+    entry::<mailgun::Mailgun>("mailgun", &[]),
+    entry::<stripe::Stripe>("stripe", &[]),
+    entry::<github::GitHub>("github", &[]),
+    entry::<slack::Slack>("slack", &[]),
+    entry::<shopify::Shopify>("shopify", &[]),
+    entry::<standard_webhooks::StandardWebhooks>("standard_webhooks", &["svix"]),
+    entry::<twilio::Twilio>("twilio", &[]),
+    entry::<sendgrid::SendGrid>("sendgrid", &[]),
+    entry::<hmac_generic::GenericHmac>("hmac", &[]),
+    entry::<mandrill::Mandrill>("mandrill", &[]),
+    entry::<paddle::Paddle>("paddle", &[]),
+    entry::<twitch::Twitch>("twitch", &[]),
+    entry::<zoom::Zoom>("zoom", &[]),
+    entry::<square::Square>("square", &[]),
+    entry::<discord::Discord>("discord", &[]),
+    entry::<linear::Linear>("linear", &[]),
+    entry::<intercom::Intercom>("intercom", &[]),
+    entry::<basic_auth::BasicAuth>("basic_auth", &[]),
+];
 
 /// Looks a provider up by name or alias.
 pub fn lookup(name: &str) -> Option<&'static ProviderEntry> {
@@ -255,6 +291,288 @@ pub fn hmac_sign<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         mac.update(part);
     }
     mac.finalize().into_bytes().to_vec()
+}
+
+/// How long keys of providers that sign no timestamp are remembered, unless `ttl` says otherwise.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The usual tolerance of providers that sign a timestamp (Stripe, Slack, Standard Webhooks).
+pub const FIVE_MINUTES: Duration = Duration::from_secs(300);
+
+/// Checks `secrets:`: at least one, none empty. The values are never echoed.
+pub fn require_secrets(
+    secrets: crate::config::secret::Secrets,
+    errors: &mut Vec<OptionError>,
+) -> Vec<crate::config::secret::Secret> {
+    if secrets.0.is_empty()
+        || secrets
+            .0
+            .iter()
+            .any(crate::config::secret::Secret::is_empty)
+    {
+        errors.push(OptionError::new(
+            "secrets",
+            "every secret must be a non-empty string",
+        ));
+    }
+    secrets.0
+}
+
+/// Checks a `tolerance` or `ttl` option: more than zero.
+pub fn positive(
+    key: &'static str,
+    value: Option<Duration>,
+    default: Duration,
+    errors: &mut Vec<OptionError>,
+) -> Duration {
+    let value = value.unwrap_or(default);
+    if value.is_zero() {
+        errors.push(OptionError::new(key, "must be more than 0"));
+    }
+    value
+}
+
+/// `Ok(value)` when no error was recorded.
+pub fn finish<T>(value: T, errors: Vec<OptionError>) -> Result<T, Vec<OptionError>> {
+    if errors.is_empty() {
+        Ok(value)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Whether `check` holds for the key bytes of any of `secrets`.
+pub fn any_secret(
+    secrets: &[crate::config::secret::Secret],
+    check: impl Fn(&[u8]) -> bool,
+) -> Option<usize> {
+    secrets.iter().position(|s| check(s.expose().as_bytes()))
+}
+
+/// Unix seconds written as decimal digits only (no sign, no fraction, no spaces).
+pub fn parse_unix(s: &str) -> Option<i64> {
+    if s.is_empty() || s.len() > 18 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Exactly `len` bytes written in hex (either case).
+pub fn decode_hex(s: &str, len: usize) -> Option<Vec<u8>> {
+    if s.len() != len * 2 {
+        return None;
+    }
+    hex::decode(s).ok()
+}
+
+/// Exactly `len` bytes in standard, padded base64.
+pub fn decode_base64(s: &str, len: usize) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    (bytes.len() == len).then_some(bytes)
+}
+
+/// Standard, padded base64.
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The query string of a request target, without the `?`.
+pub fn query(path_and_query: &str) -> Option<&str> {
+    path_and_query.split_once('?').map(|(_, q)| q)
+}
+
+/// A top-level string (or integer) member of a JSON object body, when the body is one and
+/// the member occurs once. Used for ids inside signed bodies.
+pub fn json_member(body: &[u8], name: &str) -> Option<String> {
+    let doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    match doc.get(name)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The URL a provider calls, as configured in `public_url`: scheme, host, optional port and
+/// path. The request's own query string is appended when checking a signature, so one route
+/// serves any query the provider was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl(String);
+
+impl PublicUrl {
+    /// Validates `public_url`, recording an error under that key.
+    pub fn parse(value: Option<String>, errors: &mut Vec<OptionError>) -> Option<PublicUrl> {
+        let Some(url) = value else {
+            errors.push(OptionError::new(
+                "public_url",
+                "required: the full URL the provider calls, e.g. https://example.com/webhooks/x",
+            ));
+            return None;
+        };
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        let host_ok = rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'));
+        if !host_ok || url.contains('?') || url.contains('#') || url.contains(char::is_whitespace) {
+            errors.push(OptionError::new(
+                "public_url",
+                format!(
+                    "`{url}` must be an http:// or https:// URL with a host and no query or \
+                     fragment (the request's own query string is appended)"
+                ),
+            ));
+            return None;
+        }
+        Some(PublicUrl(url))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL the provider signed for a request that arrived as `path_and_query`.
+    pub fn for_request(&self, path_and_query: &str) -> String {
+        match query(path_and_query) {
+            Some(q) => format!("{}?{q}", self.0),
+            None => self.0.clone(),
+        }
+    }
+}
+
+/// Headers and body of a JSON request for `hookguard sign`.
+pub fn signed_json(headers: Vec<(String, String)>, body: &[u8]) -> Signed {
+    Signed {
+        headers,
+        content_type: "application/json".into(),
+        body: body.to_vec(),
+    }
+}
+
+/// Key material decoded from a secret (base64 `whsec_` secrets): redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for KeyBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyBytes(<redacted>)")
+    }
+}
+
+/// A route option that takes one string or a list (public keys, for rotation).
+#[derive(Clone, Debug, Default)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            One(String),
+            Many(Vec<String>),
+        }
+        match Either::deserialize(d) {
+            Ok(Either::One(s)) => Ok(OneOrMany(vec![s])),
+            Ok(Either::Many(v)) => Ok(OneOrMany(v)),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a string or a list of strings",
+            )),
+        }
+    }
+}
+
+/// The first secret of a route, for `hookguard sign`.
+pub fn first_secret(
+    secrets: &[crate::config::secret::Secret],
+) -> Result<&crate::config::secret::Secret, SignError> {
+    secrets.first().ok_or(SignError::Unsupported)
+}
+
+/// Helpers for the providers' unit tests.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+    use bytes::Bytes;
+    use http::header::{HeaderName, HeaderValue};
+
+    pub fn at(ts: i64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(ts as u64)
+    }
+
+    pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (n, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    /// Verifies a request made of `path`, header pairs, content type and body at `now`.
+    pub fn check(
+        p: &dyn Provider,
+        path: &str,
+        pairs: &[(&str, &str)],
+        content_type: Option<&str>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Verified, Rejection> {
+        let headers = headers(pairs);
+        let body = Body::new(Bytes::copy_from_slice(body), content_type);
+        let req = Inbound {
+            path_and_query: path,
+            headers: &headers,
+            body: &body,
+            client_ip: None,
+        };
+        p.verify(&req, at(now))
+    }
+
+    /// Verifies what `sign` produced, sent to `url`'s path.
+    pub fn check_signed(
+        p: &dyn Provider,
+        url: &str,
+        signed: &Signed,
+        now: i64,
+    ) -> Result<Verified, Rejection> {
+        let path = url
+            .find("://")
+            .and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..]))
+            .unwrap_or("/");
+        let pairs: Vec<(&str, &str)> = signed
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        check(
+            p,
+            path,
+            &pairs,
+            Some(&signed.content_type),
+            &signed.body,
+            now,
+        )
+    }
+
+    pub fn sign_now(p: &dyn Provider, url: &str, body: &[u8], now: i64) -> Signed {
+        p.sign(&SignRequest { body, url }, at(now)).unwrap()
+    }
+
+    pub fn secrets(list: &[&str]) -> crate::config::secret::Secrets {
+        crate::config::secret::Secrets(
+            list.iter()
+                .map(|s| crate::config::secret::Secret::new(*s))
+                .collect(),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,166 @@
+//! Paddle Billing: `Paddle-Signature: ts=<unix>;h1=<hex>[;h1=<hex>...]`, HMAC-SHA256 of
+//! `{ts}:{body}` under the notification destination's secret key (`pdl_ntfset_...`). Every `h1`
+//! and every secret is tried. As Paddle's SDKs, an unknown key in the header makes it
+//! unusable, and the default tolerance is Paddle's own: 5 seconds (`tolerance` widens it).
+//!
+//! Replay key: the body's `notification_id` (signed; kept across Paddle's retries), else its
+//! `event_id`, else `{ts}.{h1}`.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use super::{
+    check_window, decode_hex, first_secret, hmac_matches, hmac_sign, json_member, parse_unix,
+    positive, remember_until_stale, require_secrets, signed_json, unix_now, HmacSha256, Inbound,
+    OptionError, Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
+};
+use crate::config::secret::{Secret, Secrets};
+
+pub const HEADER: &str = "paddle-signature";
+/// `Verifier(maximum_variance=5)` in paddle-python-sdk, `MAX_VALID_TIME_DIFFERENCE = 5` in Node.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct Paddle {
+    secrets: Vec<Secret>,
+    tolerance: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    secrets: Secrets,
+    #[serde(default, with = "humantime_serde")]
+    tolerance: Option<Duration>,
+}
+
+impl ProviderFactory for Paddle {
+    type Options = Options;
+
+    fn from_options(o: Options) -> Result<Self, Vec<OptionError>> {
+        let mut errors = Vec::new();
+        let secrets = require_secrets(o.secrets, &mut errors);
+        let tolerance = positive("tolerance", o.tolerance, DEFAULT_TOLERANCE, &mut errors);
+        super::finish(Paddle { secrets, tolerance }, errors)
+    }
+}
+
+/// `ts` exactly once and at least one well-formed `h1`.
+pub fn parse_header(value: &str) -> Option<(&str, i64, Vec<Vec<u8>>)> {
+    let mut ts = None;
+    let mut h1 = Vec::new();
+    for item in value.split(';') {
+        let (k, v) = item.split_once('=')?;
+        match k.trim() {
+            "ts" if ts.is_none() => ts = Some((v, parse_unix(v)?)),
+            "h1" => h1.extend(decode_hex(v, 32)),
+            _ => return None,
+        }
+    }
+    let (text, ts) = ts?;
+    (!h1.is_empty()).then_some((text, ts, h1))
+}
+
+impl Provider for Paddle {
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
+        let header = req.header(HEADER).ok_or(Rejection::MissingSignature)?;
+        let (ts_text, ts, signatures) = parse_header(header).ok_or(Rejection::MissingSignature)?;
+        check_window(ts, now, self.tolerance)?;
+        let body = req.body.bytes();
+        let parts: [&[u8]; 3] = [ts_text.as_bytes(), b":", body];
+        let matched = signatures.iter().find(|sig| {
+            self.secrets
+                .iter()
+                .any(|s| hmac_matches::<HmacSha256>(s.expose().as_bytes(), &parts, sig))
+        });
+        let sig = matched.ok_or(Rejection::BadSignature)?;
+        let replay_key = json_member(body, "notification_id")
+            .or_else(|| json_member(body, "event_id"))
+            .unwrap_or_else(|| format!("{ts}.{}", hex::encode(sig)));
+        Ok(Verified {
+            replay_key,
+            timestamp: Some(ts),
+            remember_for: remember_until_stale(ts, now, self.tolerance),
+            answer: None,
+        })
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} secret(s), tolerance {}",
+            self.secrets.len(),
+            humantime::format_duration(self.tolerance)
+        )
+    }
+
+    fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
+        let secret = first_secret(&self.secrets)?;
+        let ts = unix_now(now);
+        Ok(signed_json(
+            vec![(
+                "Paddle-Signature".into(),
+                header_for(secret.expose(), ts, req.body),
+            )],
+            req.body,
+        ))
+    }
+}
+
+/// `ts=..;h1=..` for `body` signed at `ts`.
+pub fn header_for(secret: &str, ts: i64, body: &[u8]) -> String {
+    let ts_text = ts.to_string();
+    let mac = hmac_sign::<HmacSha256>(secret.as_bytes(), &[ts_text.as_bytes(), b":", body]);
+    format!("ts={ts};h1={}", hex::encode(mac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::testing::*;
+
+    const KEY: &str = "pdl_ntfset_01gkpjp8bkm3tm53kdgkx6sms7_6h3qd3uFSi9Ym5ofJnTPPrTqp9Cl4nm6";
+    const T: i64 = 1_671_552_777;
+    const BODY: &[u8] =
+        br#"{"event_id":"evt_01","notification_id":"ntf_01","event_type":"transaction.paid"}"#;
+
+    fn provider(keys: &[&str]) -> Paddle {
+        Paddle::from_options(Options {
+            secrets: secrets(keys),
+            tolerance: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn verdicts() {
+        let p = provider(&["old", KEY]);
+        let h = header_for(KEY, T, BODY);
+        let r = |h: &str, body: &[u8], now: i64| check(&p, "/p", &[(HEADER, h)], None, body, now);
+        assert_eq!(r(&h, BODY, T).unwrap().replay_key, "ntf_01");
+        let rotated = format!("{h};h1={}", "ab".repeat(32));
+        assert!(r(&rotated, BODY, T + 5).is_ok());
+        assert_eq!(r(&h, BODY, T + 6), Err(Rejection::StaleTimestamp));
+        assert_eq!(r(&h, BODY, T - 6), Err(Rejection::StaleTimestamp));
+        assert_eq!(
+            r(&format!("{h};h2=00"), BODY, T),
+            Err(Rejection::MissingSignature)
+        );
+        assert_eq!(r("ts=1", BODY, T), Err(Rejection::MissingSignature));
+        assert_eq!(r(&h, b"{}", T), Err(Rejection::BadSignature));
+        let body2 = br#"{"x":1}"#;
+        let h2 = header_for(KEY, T, body2);
+        assert_eq!(
+            r(&h2, body2, T).unwrap().replay_key,
+            format!("{T}.{}", h2.split("h1=").nth(1).unwrap())
+        );
+    }
+
+    #[test]
+    fn sign_round_trips() {
+        let p = provider(&[KEY]);
+        let url = "http://127.0.0.1:1/p";
+        let signed = sign_now(&p, url, BODY, T);
+        assert!(check_signed(&p, url, &signed, T).is_ok());
+    }
+}

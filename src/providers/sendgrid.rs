@@ -1,0 +1,223 @@
+//! SendGrid (Twilio SendGrid Event Webhook): ECDSA P-256 with SHA-256 over
+//! `{timestamp}{body}`, signature in `X-Twilio-Email-Event-Webhook-Signature` (base64 DER),
+//! timestamp in `X-Twilio-Email-Event-Webhook-Timestamp`. Verified with the public key SendGrid
+//! shows (`public_key`: base64 DER, or PEM; a list while rotating). SendGrid signs with its own
+//! private key, so `hookguard sign` cannot sign for it, and there are no `secrets`.
+//!
+//! SendGrid's SDKs check no timestamp window; hookguard applies 5 minutes (`tolerance`).
+//!
+//! Replay key: `{timestamp}.{signature}`, the signature re-encoded in its low-S fixed-size form
+//! so that the malleable twin of a captured signature (s → n − s, or another DER spelling) gets
+//! the same key.
+
+use std::time::{Duration, SystemTime};
+
+use p256::ecdsa::signature::DigestVerifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+use p256::pkcs8::DecodePublicKey;
+use serde::Deserialize;
+use sha2::Digest;
+
+use super::{
+    base64, check_window, parse_unix, positive, remember_until_stale, Inbound, OneOrMany,
+    OptionError, Provider, ProviderFactory, Rejection, Verified, FIVE_MINUTES,
+};
+
+pub const SIGNATURE: &str = "x-twilio-email-event-webhook-signature";
+pub const TIMESTAMP: &str = "x-twilio-email-event-webhook-timestamp";
+pub const DEFAULT_TOLERANCE: Duration = FIVE_MINUTES;
+
+#[derive(Debug)]
+pub struct SendGrid {
+    keys: Vec<VerifyingKey>,
+    tolerance: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    public_key: OneOrMany,
+    #[serde(default, with = "humantime_serde")]
+    tolerance: Option<Duration>,
+}
+
+/// A P-256 public key from base64 DER (SubjectPublicKeyInfo) or PEM.
+pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
+    use base64::Engine;
+    let b64: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .flat_map(|l| l.chars())
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    VerifyingKey::from_public_key_der(&der).ok()
+}
+
+impl ProviderFactory for SendGrid {
+    type Options = Options;
+
+    fn from_options(o: Options) -> Result<Self, Vec<OptionError>> {
+        let mut errors = Vec::new();
+        let keys: Vec<VerifyingKey> = o
+            .public_key
+            .0
+            .iter()
+            .filter_map(|k| parse_public_key(k))
+            .collect();
+        if o.public_key.0.is_empty() || keys.len() != o.public_key.0.len() {
+            errors.push(OptionError::new(
+                "public_key",
+                "must be SendGrid's verification key: a base64 DER (or PEM) P-256 public key",
+            ));
+        }
+        let tolerance = positive("tolerance", o.tolerance, DEFAULT_TOLERANCE, &mut errors);
+        super::finish(SendGrid { keys, tolerance }, errors)
+    }
+}
+
+impl Provider for SendGrid {
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
+        let sig = req
+            .header(SIGNATURE)
+            .and_then(|h| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(h.trim())
+                    .ok()
+            })
+            .and_then(|der| Signature::from_der(&der).ok())
+            .ok_or(Rejection::MissingSignature)?;
+        let ts_text = req.header(TIMESTAMP).ok_or(Rejection::MissingSignature)?;
+        let ts = parse_unix(ts_text).ok_or(Rejection::MissingSignature)?;
+        check_window(ts, now, self.tolerance)?;
+        let digest = sha2::Sha256::new()
+            .chain_update(ts_text.as_bytes())
+            .chain_update(req.body.bytes());
+        let valid = self
+            .keys
+            .iter()
+            .any(|k| k.verify_digest(digest.clone(), &sig).is_ok());
+        if !valid {
+            return Err(Rejection::BadSignature);
+        }
+        let canonical = sig.normalize_s().unwrap_or(sig);
+        Ok(Verified {
+            replay_key: format!("{ts}.{}", base64(&canonical.to_bytes())),
+            timestamp: Some(ts),
+            remember_for: remember_until_stale(ts, now, self.tolerance),
+            answer: None,
+        })
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} public key(s), tolerance {}",
+            self.keys.len(),
+            humantime::format_duration(self.tolerance)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::testing::*;
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+    use p256::ecdsa::SigningKey;
+    use p256::pkcs8::EncodePublicKey;
+
+    const T: i64 = 1_700_000_000;
+    const BODY: &[u8] = br#"[{"email":"a@example.com","event":"processed","sg_event_id":"e1"}]"#;
+
+    fn keypair(seed: u8) -> (SigningKey, String) {
+        let sk = SigningKey::from_slice(&[seed; 32]).unwrap();
+        let der = sk.verifying_key().to_public_key_der().unwrap();
+        (sk, base64(der.as_bytes()))
+    }
+
+    fn sign(sk: &SigningKey, ts: &str, body: &[u8]) -> Signature {
+        let digest = sha2::Sha256::new()
+            .chain_update(ts)
+            .chain_update(body)
+            .finalize();
+        sk.sign_prehash(&digest).unwrap()
+    }
+
+    fn provider(keys: &[&str]) -> SendGrid {
+        SendGrid::from_options(Options {
+            public_key: OneOrMany(keys.iter().map(|k| k.to_string()).collect()),
+            tolerance: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn verdicts_and_malleability() {
+        let (sk, pk) = keypair(7);
+        let (_, other) = keypair(9);
+        let ts = T.to_string();
+        let sig = sign(&sk, &ts, BODY);
+        let der = base64(sig.to_der().as_bytes());
+        let p = provider(&[&other, &pk]);
+        let r = |pairs: &[(&str, &str)], body: &[u8], now: i64| {
+            check(&p, "/sg", pairs, None, body, now)
+        };
+        let ok = r(&[(SIGNATURE, &der), (TIMESTAMP, &ts)], BODY, T).unwrap();
+        // The high-S twin verifies too, and names the same delivery.
+        let (r_, s_) = sig.split_scalars();
+        let twin = Signature::from_scalars(r_, -*s_).unwrap();
+        let twin_der = base64(twin.to_der().as_bytes());
+        assert_ne!(twin_der, der);
+        let ok2 = r(&[(SIGNATURE, &twin_der), (TIMESTAMP, &ts)], BODY, T).unwrap();
+        assert_eq!(ok.replay_key, ok2.replay_key);
+        assert_eq!(
+            r(&[(TIMESTAMP, &ts)], BODY, T),
+            Err(Rejection::MissingSignature)
+        );
+        assert_eq!(
+            r(&[(SIGNATURE, "bm90IGRlcg=="), (TIMESTAMP, &ts)], BODY, T),
+            Err(Rejection::MissingSignature)
+        );
+        assert_eq!(
+            r(&[(SIGNATURE, &der), (TIMESTAMP, &ts)], BODY, T + 301),
+            Err(Rejection::StaleTimestamp)
+        );
+        assert_eq!(
+            r(&[(SIGNATURE, &der), (TIMESTAMP, &ts)], b"[]", T),
+            Err(Rejection::BadSignature)
+        );
+        assert_eq!(
+            check(
+                &provider(&[&other]),
+                "/sg",
+                &[(SIGNATURE, &der), (TIMESTAMP, &ts)],
+                None,
+                BODY,
+                T
+            ),
+            Err(Rejection::BadSignature)
+        );
+        // No signing for a provider that signs with its private key.
+        assert!(matches!(
+            p.sign(
+                &crate::providers::SignRequest {
+                    body: b"",
+                    url: "http://x/"
+                },
+                at(T)
+            ),
+            Err(crate::providers::SignError::Unsupported)
+        ));
+    }
+
+    #[test]
+    fn key_must_parse() {
+        let e = SendGrid::from_options(Options {
+            public_key: OneOrMany(vec!["abc".into()]),
+            tolerance: None,
+        })
+        .unwrap_err();
+        assert_eq!(e[0].key, "public_key");
+    }
+}

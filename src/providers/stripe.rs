@@ -1,0 +1,207 @@
+//! Stripe: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`, HMAC-SHA256 of `{t}.{body}` under
+//! the endpoint's signing secret (`whsec_...`, used as is). Every `v1` is tried (Stripe sends
+//! several while a secret is being rolled), and so is every secret of the route. Other schemes
+//! (`v0`, test-mode extras) are ignored, as Stripe's libraries do.
+//!
+//! Replay key: `{t}.{matching v1}`. A retry is signed anew, so it gets a new key; a captured
+//! request replayed within the window gets the same key.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use super::{
+    any_secret, check_window, decode_hex, first_secret, hmac_matches, hmac_sign, parse_unix,
+    positive, remember_until_stale, require_secrets, signed_json, unix_now, HmacSha256, Inbound,
+    OptionError, Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
+};
+use crate::config::secret::{Secret, Secrets};
+
+pub const HEADER: &str = "stripe-signature";
+/// Stripe's libraries: `DEFAULT_TOLERANCE = 300`.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+pub struct Stripe {
+    secrets: Vec<Secret>,
+    tolerance: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    secrets: Secrets,
+    #[serde(default, with = "humantime_serde")]
+    tolerance: Option<Duration>,
+}
+
+impl ProviderFactory for Stripe {
+    type Options = Options;
+
+    fn from_options(o: Options) -> Result<Self, Vec<OptionError>> {
+        let mut errors = Vec::new();
+        let secrets = require_secrets(o.secrets, &mut errors);
+        let tolerance = positive("tolerance", o.tolerance, DEFAULT_TOLERANCE, &mut errors);
+        super::finish(Stripe { secrets, tolerance }, errors)
+    }
+}
+
+/// The parts of a `Stripe-Signature` header: `t` exactly once, and the `v1` signatures.
+pub fn parse_header(value: &str) -> Option<(i64, Vec<Vec<u8>>)> {
+    let mut t = None;
+    let mut v1 = Vec::new();
+    for item in value.split(',') {
+        let (k, v) = item.trim().split_once('=')?;
+        match k {
+            "t" if t.is_none() => t = Some(parse_unix(v)?),
+            "t" => return None,
+            // A malformed `v1` can never match; the others may.
+            "v1" => v1.extend(decode_hex(v, 32)),
+            _ => {}
+        }
+    }
+    if v1.is_empty() {
+        return None;
+    }
+    Some((t?, v1))
+}
+
+impl Provider for Stripe {
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
+        let header = req.header(HEADER).ok_or(Rejection::MissingSignature)?;
+        let (t, signatures) = parse_header(header).ok_or(Rejection::MissingSignature)?;
+        check_window(t, now, self.tolerance)?;
+        let t_text = t.to_string();
+        let body = req.body.bytes();
+        let parts: [&[u8]; 3] = [t_text.as_bytes(), b".", body];
+        let matched = signatures.iter().find(|sig| {
+            any_secret(&self.secrets, |key| {
+                hmac_matches::<HmacSha256>(key, &parts, sig)
+            })
+            .is_some()
+        });
+        let sig = matched.ok_or(Rejection::BadSignature)?;
+        Ok(Verified {
+            replay_key: format!("{t}.{}", hex::encode(sig)),
+            timestamp: Some(t),
+            remember_for: remember_until_stale(t, now, self.tolerance),
+            answer: None,
+        })
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} secret(s), tolerance {}",
+            self.secrets.len(),
+            humantime::format_duration(self.tolerance)
+        )
+    }
+
+    fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
+        let secret = first_secret(&self.secrets)?;
+        let t = unix_now(now);
+        Ok(signed_json(
+            vec![(
+                "Stripe-Signature".into(),
+                header_for(secret.expose(), t, req.body),
+            )],
+            req.body,
+        ))
+    }
+}
+
+/// `t=..,v1=..` for `body` signed at `t` (for `hookguard sign` and tests).
+pub fn header_for(secret: &str, t: i64, body: &[u8]) -> String {
+    let t_text = t.to_string();
+    let mac = hmac_sign::<HmacSha256>(secret.as_bytes(), &[t_text.as_bytes(), b".", body]);
+    format!("t={t},v1={}", hex::encode(mac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::testing::*;
+
+    const KEY: &str = "whsec_test_secret";
+    const T: i64 = 1_700_000_000;
+    const BODY: &[u8] = br#"{"id":"evt_1","type":"charge.succeeded"}"#;
+
+    fn provider(keys: &[&str]) -> Stripe {
+        Stripe::from_options(Options {
+            secrets: secrets(keys),
+            tolerance: None,
+        })
+        .unwrap()
+    }
+
+    fn run(p: &Stripe, header: &str, body: &[u8], now: i64) -> Result<Verified, Rejection> {
+        check(
+            p,
+            "/s",
+            &[("Stripe-Signature", header)],
+            Some("application/json"),
+            body,
+            now,
+        )
+    }
+
+    #[test]
+    fn valid_rotated_and_replay_key() {
+        let h = header_for(KEY, T, BODY);
+        let v = run(&provider(&[KEY]), &h, BODY, T).unwrap();
+        assert_eq!(v.timestamp, Some(T));
+        assert_eq!(
+            v.replay_key,
+            format!("{T}.{}", h.split("v1=").nth(1).unwrap())
+        );
+        // A second v1 (an old secret's) and a v0 are tolerated; the key is the matching v1.
+        let good = h.split("v1=").nth(1).unwrap();
+        let multi = format!("t={T},v1={},v1={good},v0=abc", "0".repeat(64));
+        let v2 = run(&provider(&["other", KEY]), &multi, BODY, T).unwrap();
+        assert_eq!(v2.replay_key, v.replay_key);
+    }
+
+    #[test]
+    fn rejections_in_contract_order() {
+        let p = provider(&[KEY]);
+        let h = header_for(KEY, T, BODY);
+        assert_eq!(run(&p, "", BODY, T), Err(Rejection::MissingSignature));
+        assert_eq!(run(&p, "t=1", BODY, T), Err(Rejection::MissingSignature));
+        assert_eq!(
+            run(&p, "t=x,v1=00", BODY, T),
+            Err(Rejection::MissingSignature)
+        );
+        assert_eq!(
+            run(&p, &format!("t={T},v1=zz"), BODY, T),
+            Err(Rejection::MissingSignature)
+        );
+        let two_t = format!("t={T},{h}");
+        assert_eq!(run(&p, &two_t, BODY, T), Err(Rejection::MissingSignature));
+        assert_eq!(run(&p, &h, BODY, T + 301), Err(Rejection::StaleTimestamp));
+        assert_eq!(run(&p, &h, BODY, T - 301), Err(Rejection::StaleTimestamp));
+        assert_eq!(run(&p, &h, b"{}", T), Err(Rejection::BadSignature));
+        assert_eq!(
+            run(&provider(&["nope"]), &h, BODY, T),
+            Err(Rejection::BadSignature)
+        );
+        let dup = check(
+            &p,
+            "/s",
+            &[("Stripe-Signature", &h), ("Stripe-Signature", &h)],
+            None,
+            BODY,
+            T,
+        );
+        assert_eq!(dup, Err(Rejection::MissingSignature));
+    }
+
+    #[test]
+    fn sign_round_trips() {
+        let p = provider(&[KEY]);
+        let url = "http://127.0.0.1:8080/s";
+        let signed = sign_now(&p, url, BODY, T);
+        let v = check_signed(&p, url, &signed, T).unwrap();
+        assert_eq!(v.timestamp, Some(T));
+        assert!(!p.summary().contains(KEY));
+    }
+}
