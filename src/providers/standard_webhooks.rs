@@ -69,12 +69,13 @@ impl ProviderFactory for StandardWebhooks {
     }
 }
 
-/// The three headers, all from one family: `webhook-*` when `webhook-id` is there, else `svix-*`.
+/// The three headers, all from one family: `svix-*` when `svix-id` is there (as the svix
+/// library prefers them), else `webhook-*`.
 fn headers<'a>(req: &'a Inbound<'_>) -> Option<(&'a str, &'a str, &'a str)> {
-    let family = if req.headers.contains_key("webhook-id") {
-        "webhook"
-    } else {
+    let family = if req.headers.contains_key("svix-id") {
         "svix"
+    } else {
+        "webhook"
     };
     let get = |suffix: &str| req.header(&format!("{family}-{suffix}"));
     Some((get("id")?, get("timestamp")?, get("signature")?))
