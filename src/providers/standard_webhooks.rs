@@ -84,7 +84,7 @@ fn headers<'a>(req: &'a Inbound<'_>) -> Option<(&'a str, &'a str, &'a str)> {
 impl Provider for StandardWebhooks {
     fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
         let (id, ts_text, sig_header) = headers(req).ok_or(Rejection::MissingSignature)?;
-        if id.is_empty() || id.contains('.') {
+        if id.is_empty() {
             return Err(Rejection::MissingSignature);
         }
         let ts = parse_unix(ts_text).ok_or(Rejection::MissingSignature)?;
