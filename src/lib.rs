@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod client_ip;
 pub mod config;
 pub mod logging;
 pub mod metrics;

@@ -126,6 +126,7 @@ impl Metrics {
                 let m = RouteMetrics {
                     forwarded: outcome(Outcome::Forwarded),
                     answered: outcome(Outcome::Answered),
+                    aborted: outcome(Outcome::Aborted),
                     rejected: Rejection::ALL
                         .iter()
                         .filter(|r| **r != Rejection::NoRoute)
@@ -152,6 +153,7 @@ impl Metrics {
 pub struct RouteMetrics {
     pub forwarded: IntCounter,
     answered: IntCounter,
+    aborted: IntCounter,
     rejected: Vec<(Rejection, IntCounter)>,
     pub upstream: Histogram,
     pub body_bytes: IntCounter,
@@ -162,6 +164,7 @@ impl RouteMetrics {
         match outcome {
             Outcome::Forwarded => self.forwarded.inc(),
             Outcome::Answered => self.answered.inc(),
+            Outcome::Aborted => self.aborted.inc(),
             Outcome::Rejected(r) => {
                 if let Some((_, c)) = self.rejected.iter().find(|(k, _)| *k == r) {
                     c.inc();

@@ -7,6 +7,8 @@ pub enum Rejection {
     NoRoute,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("client address not in the route's allow_ips")]
+    IpNotAllowed,
     #[error("body larger than max_body_bytes")]
     BodyTooLarge,
     #[error("signature material absent or unparsable")]
@@ -28,9 +30,10 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 11] = [
+    pub const ALL: [Rejection; 12] = [
         Rejection::NoRoute,
         Rejection::MethodNotAllowed,
+        Rejection::IpNotAllowed,
         Rejection::BodyTooLarge,
         Rejection::MissingSignature,
         Rejection::StaleTimestamp,
@@ -46,6 +49,7 @@ impl Rejection {
         match self {
             Rejection::NoRoute => 404,
             Rejection::MethodNotAllowed => 405,
+            Rejection::IpNotAllowed => 403,
             Rejection::BodyTooLarge => 413,
             Rejection::MissingSignature | Rejection::StaleTimestamp | Rejection::BadSignature => {
                 401
@@ -63,6 +67,7 @@ impl Rejection {
         match self {
             Rejection::NoRoute => "no_route",
             Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::IpNotAllowed => "ip_not_allowed",
             Rejection::BodyTooLarge => "body_too_large",
             Rejection::MissingSignature => "missing_signature",
             Rejection::StaleTimestamp => "stale_timestamp",
@@ -89,6 +94,8 @@ pub enum Outcome {
     /// Verified and answered by hookguard on the provider's behalf (a validation challenge).
     Answered,
     Rejected(Rejection),
+    /// The client went away (or broke the protocol) before a response could be given.
+    Aborted,
 }
 
 impl Outcome {
@@ -96,6 +103,7 @@ impl Outcome {
         match self {
             Outcome::Forwarded => "forwarded",
             Outcome::Answered => "answered",
+            Outcome::Aborted => "aborted",
             Outcome::Rejected(r) => r.code(),
         }
     }

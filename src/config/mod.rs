@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
@@ -46,6 +47,8 @@ pub struct Config {
     pub threads: usize,
     pub timeouts: Timeouts,
     pub replay: ReplaySettings,
+    /// Proxies whose `X-Forwarded-For` is believed (for `allow_ips`); empty: none.
+    pub trusted_proxies: Vec<IpNet>,
     pub routes: RouteTable,
 }
 
@@ -112,6 +115,8 @@ pub struct Route {
     /// Replaces the request's path and query upstream, when set.
     pub upstream_path: Option<String>,
     pub forward_body: ForwardBody,
+    /// When set, only clients in these ranges may post to the route.
+    pub allow_ips: Option<Vec<IpNet>>,
 }
 
 impl Route {
@@ -129,7 +134,10 @@ impl Route {
                 ForwardBody::Json => "json",
                 ForwardBody::Original => "original",
             }
-        )
+        ) + &match &self.allow_ips {
+            Some(nets) => format!(" | allow_ips {}", nets.len()),
+            None => String::new(),
+        }
     }
 }
 
@@ -219,6 +227,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "threads",
     "timeouts",
     "replay",
+    "trusted_proxies",
     "routes",
 ];
 
@@ -253,6 +262,7 @@ struct RawRoute {
     upstream: Option<String>,
     upstream_path: Option<String>,
     forward_body: Option<ForwardBody>,
+    allow_ips: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,6 +454,10 @@ impl Loader<'_> {
         }
         let timeouts = self.timeouts(top);
         let replay = self.replay(top);
+        let trusted_proxies = match self.get::<Vec<String>>(top, "trusted_proxies") {
+            Some(list) => self.networks(&list, &YPath::root().key("trusted_proxies")),
+            None => Vec::new(),
+        };
         // A top-level upstream that is present but invalid has been reported already.
         let upstream_given = top.contains_key("upstream");
         let routes = self.routes(top, default_upstream.as_ref(), upstream_given);
@@ -455,6 +469,7 @@ impl Loader<'_> {
             threads,
             timeouts,
             replay,
+            trusted_proxies,
             routes: RouteTable::new(routes),
         })
     }
@@ -486,6 +501,27 @@ impl Loader<'_> {
                 None
             }
         }
+    }
+
+    /// CIDR ranges (`203.0.113.0/24`), or single addresses taken as /32 or /128.
+    fn networks(&mut self, list: &[String], path: &YPath) -> Vec<IpNet> {
+        let mut nets = Vec::with_capacity(list.len());
+        for (i, text) in list.iter().enumerate() {
+            let parsed = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net),
+                Err(_) => self.error_at_value(
+                    &path.index(i),
+                    format!(
+                        "`{}`: `{text}` is not an IP address or CIDR range",
+                        path.index(i)
+                    ),
+                ),
+            }
+        }
+        nets
     }
 
     fn timeouts(&mut self, top: &Mapping) -> Timeouts {
@@ -680,7 +716,12 @@ impl Loader<'_> {
                 default_upstream.cloned()
             }
         };
+        let allow_ips = raw
+            .allow_ips
+            .as_ref()
+            .map(|list| self.networks(list, &here.key("allow_ips")));
         Some(Route {
+            allow_ips,
             name: raw.name,
             path: raw.path,
             provider_name: entry.name,

@@ -185,10 +185,15 @@ impl MarkedEventReceiver for Builder {
                         keys_seen,
                     }) = self.stack.last_mut()
                     {
-                        // yaml-rust2 marks a block mapping at its first key's `:`; the first
-                        // key itself is the better place to point at.
+                        // yaml-rust2 marks a block mapping at its first key's `:` (a flow
+                        // mapping at its `{`); point at whichever comes first.
+                        let key_pos = Pos::from(mark);
                         if *keys_seen == 0 {
-                            self.positions.values.insert(path.clone(), mark.into());
+                            let start =
+                                self.positions.values.entry(path.clone()).or_insert(key_pos);
+                            if (key_pos.line, key_pos.col) < (start.line, start.col) {
+                                *start = key_pos;
+                            }
                         }
                         *keys_seen += 1;
                         self.positions.keys.insert(path.key(&text), mark.into());
@@ -229,7 +234,7 @@ mod tests {
 
     #[test]
     fn indexes_keys_and_values() {
-        let text = "listen: x\nroutes:\n  - name: a\n    secrets: [s1, s2]\n";
+        let text = "listen: x\nroutes:\n  - name: a\n    secrets: [s1, s2]\n    opts: {k: v}\n";
         let p = Positions::index(text);
         let route = YPath::root().key("routes").index(0);
         assert_eq!(
@@ -241,6 +246,7 @@ mod tests {
             p.value(&route.key("secrets").index(1)),
             Some(Pos { line: 4, col: 19 })
         );
+        assert_eq!(p.value(&route.key("opts")), Some(Pos { line: 5, col: 11 }));
         // Unknown deeper paths fall back to the closest ancestor.
         assert_eq!(p.value(&route.key("nope")), Some(Pos { line: 3, col: 5 }));
         assert_eq!(

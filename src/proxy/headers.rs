@@ -30,7 +30,8 @@ pub struct Forwarding<'a> {
     pub route: &'a str,
     pub replay_key: &'a str,
     pub timestamp: Option<i64>,
-    pub client_ip: Option<IpAddr>,
+    /// The socket peer, appended to `X-Forwarded-For`.
+    pub peer_ip: Option<IpAddr>,
     /// Path and query to request upstream.
     pub path_and_query: &'a str,
     /// `Some` replaces the content type (normalized JSON).
@@ -81,7 +82,7 @@ pub fn upstream_request(client: &RequestHeader, f: &Forwarding<'_>) -> Result<Re
     if let Some(ts) = f.timestamp {
         req.insert_header("X-Webhook-Timestamp", ts)?;
     }
-    if let Some(ip) = f.client_ip {
+    if let Some(ip) = f.peer_ip {
         let xff = match client
             .headers
             .get("x-forwarded-for")
@@ -143,7 +144,7 @@ mod tests {
             route: "mg",
             replay_key: "tok en\n",
             timestamp: Some(1700000000),
-            client_ip: Some("127.0.0.2".parse().unwrap()),
+            peer_ip: Some("127.0.0.2".parse().unwrap()),
             path_and_query: "/up?x=1",
             content_type: Some("application/json"),
             content_length: 42,

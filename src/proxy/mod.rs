@@ -126,12 +126,33 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// What the per-request log line and metrics need.
-struct Report {
+/// What the per-request log line and metrics need. The request is counted the moment its
+/// outcome is known, before the response goes out, so a client that reads the response and
+/// then the metrics always sees itself counted.
+struct Report<'a> {
+    metrics: &'a RouteMetricsTable,
     route: Option<Arc<Route>>,
-    outcome: Outcome,
+    outcome: Option<Outcome>,
     status: u16,
     replay_key: Option<String>,
+}
+
+impl Report<'_> {
+    fn settle(&mut self, outcome: Outcome, status: u16) {
+        if self.outcome.is_some() {
+            return;
+        }
+        self.outcome = Some(outcome);
+        self.status = status;
+        match self
+            .route
+            .as_ref()
+            .and_then(|r| self.metrics.route(&r.name))
+        {
+            Some(m) => m.count(outcome),
+            None => self.metrics.no_route.inc(),
+        }
+    }
 }
 
 /// How a request ended, for the connection.
@@ -157,11 +178,17 @@ impl HttpServerApp for GatewayApp {
         session.set_write_timeout(Some(t.client_read));
 
         // An idle keep-alive connection closes as soon as shutdown begins; a request whose
-        // bytes already arrived is still served (biased select).
+        // bytes already arrived is still served (biased select). Pingora times out each read,
+        // not the whole header, so a client trickling one byte at a time (slow-loris) is cut
+        // off by a deadline for the header as a whole: the idle allowance plus `client_read`.
         let mut shutdown = shutdown.clone();
+        let header_deadline = t.keepalive + t.client_read;
         let read = tokio::select! {
             biased;
-            r = session.read_request() => r,
+            r = tokio::time::timeout(header_deadline, session.read_request()) => match r {
+                Ok(r) => r,
+                Err(_) => return None,
+            },
             _ = shutdown_started(&mut shutdown) => return None,
         };
         match read {
@@ -178,13 +205,16 @@ impl HttpServerApp for GatewayApp {
         let _in_flight = InFlight::enter(gw);
         let started = Instant::now();
         let mut report = Report {
+            metrics: &snap.metrics,
             route: None,
-            outcome: Outcome::Rejected(Rejection::NoRoute),
+            outcome: None,
             status: 0,
             replay_key: None,
         };
         let end = handle(gw, &snap, &mut session, &mut report).await;
-        record(&snap, &session, &report, started);
+        // A request that ended without an outcome lost its client midway.
+        report.settle(Outcome::Aborted, 0);
+        log_request(&snap, &session, &report, started);
 
         match end {
             End::Responded { reuse: true } if !gw.is_draining() => {
@@ -222,7 +252,7 @@ async fn handle(
     gw: &Gateway,
     snap: &Snapshot,
     session: &mut ServerSession,
-    report: &mut Report,
+    report: &mut Report<'_>,
 ) -> End {
     let config = &snap.config;
     let req = session.req_header();
@@ -232,6 +262,12 @@ async fn handle(
     report.route = Some(Arc::clone(&route));
     if req.method != http::Method::POST {
         return reject(session, report, Rejection::MethodNotAllowed).await;
+    }
+    let client_ip = client_ip(session, &config.trusted_proxies);
+    if let Some(allowed) = &route.allow_ips {
+        if !client_ip.is_some_and(|ip| crate::client_ip::allowed(ip, allowed)) {
+            return reject(session, report, Rejection::IpNotAllowed).await;
+        }
     }
     let declared = declared_length(session);
     if declared.is_some_and(|n| n > config.max_body_bytes) {
@@ -270,7 +306,6 @@ async fn handle(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let body = Body::new(bytes, content_type);
-    let client_ip = client_ip(session);
     let inbound = Inbound {
         path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
         headers: &req.headers,
@@ -304,43 +339,21 @@ async fn handle(
         return reject(session, report, Rejection::Replayed).await;
     };
 
-    let (out_body, content_type) = match route.forward_body {
-        ForwardBody::Original => (body.bytes().clone(), None),
-        ForwardBody::Json => match normalize::to_json(&body) {
-            Ok(json) => (json, Some("application/json")),
-            // Dropping the reservation releases the key.
-            Err(_) => return reject(session, report, Rejection::MalformedBody).await,
-        },
-    };
-
-    let path_and_query = upstream_target(&route, req);
-    let header = match headers::upstream_request(
-        req,
-        &Forwarding {
-            provider: route.provider_name,
-            route: &route.name,
-            replay_key: &verified.replay_key,
-            timestamp: verified.timestamp,
-            client_ip,
-            path_and_query: &path_and_query,
-            content_type,
-            content_length: out_body.len(),
-        },
-    ) {
-        Ok(h) => h,
-        Err(_) => return reject(session, report, Rejection::MalformedBody).await,
-    };
-
-    let peer = UpstreamClient::peer(&route.upstream, &config.timeouts);
-    let sent = Instant::now();
-    let exchange = match gw.upstream.send(peer, header, &out_body).await {
+    let delivered = deliver(gw, config, &route, session, &body, &verified).await;
+    // Settle the key before anything is written back: a provider that retries the instant
+    // it reads a failure must find the key free.
+    let exchange = match delivered {
         Ok(x) => x,
-        Err(r) => return reject(session, report, r).await,
+        Err(r) => {
+            drop(reservation);
+            return reject(session, report, r).await;
+        }
     };
     if let Some(m) = route_metrics {
-        m.upstream.observe(sent.elapsed().as_secs_f64());
+        m.upstream.observe(exchange.waited.as_secs_f64());
     }
     let Some(upstream_header) = exchange.session.resp_header() else {
+        drop(reservation);
         return reject(session, report, Rejection::UpstreamUnavailable).await;
     };
     let status = upstream_header.status.as_u16();
@@ -352,9 +365,45 @@ async fn handle(
     } else {
         drop(reservation);
     }
-    report.outcome = Outcome::Forwarded;
-    report.status = status;
+    report.settle(Outcome::Forwarded, status);
     relay_response(gw, session, exchange, response).await
+}
+
+/// Normalizes the body, builds the upstream request and sends it; returns once the upstream's
+/// response header has arrived.
+async fn deliver(
+    gw: &Gateway,
+    config: &Config,
+    route: &Route,
+    session: &ServerSession,
+    body: &Body,
+    verified: &crate::providers::Verified,
+) -> Result<upstream::Exchange, Rejection> {
+    let (out_body, content_type) = match route.forward_body {
+        ForwardBody::Original => (body.bytes().clone(), None),
+        ForwardBody::Json => (
+            normalize::to_json(body).map_err(|_| Rejection::MalformedBody)?,
+            Some("application/json"),
+        ),
+    };
+    let req = session.req_header();
+    let path_and_query = upstream_target(route, req);
+    let header = headers::upstream_request(
+        req,
+        &Forwarding {
+            provider: route.provider_name,
+            route: &route.name,
+            replay_key: &verified.replay_key,
+            timestamp: verified.timestamp,
+            peer_ip: peer_ip(session),
+            path_and_query: &path_and_query,
+            content_type,
+            content_length: out_body.len(),
+        },
+    )
+    .map_err(|_| Rejection::MalformedBody)?;
+    let peer = UpstreamClient::peer(&route.upstream, &config.timeouts);
+    gw.upstream.send(peer, header, &out_body).await
 }
 
 /// Streams the upstream's response to the client.
@@ -391,7 +440,7 @@ async fn relay_response(
 }
 
 /// Writes a rejection: `{"error":"<code>"}`.
-async fn reject(session: &mut ServerSession, report: &mut Report, r: Rejection) -> End {
+async fn reject(session: &mut ServerSession, report: &mut Report<'_>, r: Rejection) -> End {
     let body = Bytes::from(r.body());
     respond(
         session,
@@ -408,14 +457,13 @@ async fn reject(session: &mut ServerSession, report: &mut Report, r: Rejection) 
 /// completely; when its body was left unread (404, 405, 413, ...) it is closed, not drained.
 async fn respond(
     session: &mut ServerSession,
-    report: &mut Report,
+    report: &mut Report<'_>,
     outcome: Outcome,
     status: u16,
     content_type: &'static str,
     body: Bytes,
 ) -> End {
-    report.outcome = outcome;
-    report.status = status;
+    report.settle(outcome, status);
     let reuse = session.is_body_done();
     if !reuse {
         session.set_keepalive(None);
@@ -440,20 +488,16 @@ async fn respond(
     End::Responded { reuse }
 }
 
-fn record(snap: &Snapshot, session: &ServerSession, report: &Report, started: Instant) {
+fn log_request(snap: &Snapshot, session: &ServerSession, report: &Report<'_>, started: Instant) {
     let route = report.route.as_deref();
-    match route.and_then(|r| snap.metrics.route(&r.name)) {
-        Some(m) => m.count(report.outcome),
-        None => snap.metrics.no_route.inc(),
-    }
-    let client = client_ip(session)
+    let client = client_ip(session, &snap.config.trusted_proxies)
         .map(|ip| ip.to_string())
         .unwrap_or_default();
     tracing::info!(
         target: "hookguard::request",
         route = route.map_or("", |r| r.name.as_str()),
         provider = route.map_or("", |r| r.provider_name),
-        outcome = report.outcome.label(),
+        outcome = report.outcome.map_or("", Outcome::label),
         status = report.status,
         duration_ms = started.elapsed().as_secs_f64() * 1e3,
         replay_key = report.replay_key.as_deref().unwrap_or(""),
@@ -462,11 +506,26 @@ fn record(snap: &Snapshot, session: &ServerSession, report: &Report, started: In
     );
 }
 
-fn client_ip(session: &ServerSession) -> Option<IpAddr> {
+/// The socket peer: the previous hop, whatever it claims.
+fn peer_ip(session: &ServerSession) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+        .map(|a| a.ip().to_canonical())
+}
+
+/// The client's address: the socket peer, or what trusted proxies say it is.
+fn client_ip(session: &ServerSession, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let peer = peer_ip(session)?;
+    if trusted.is_empty() {
+        return Some(peer);
+    }
+    let xff = session
+        .req_header()
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    Some(crate::client_ip::resolve(peer, xff, trusted))
 }
 
 /// `Content-Length` as declared, if any (Pingora has already rejected malformed ones).

@@ -28,6 +28,8 @@ pub struct UpstreamClient {
 pub struct Exchange {
     pub session: ClientSession,
     peer: HttpPeer,
+    /// From sending the request to the response header.
+    pub waited: Duration,
 }
 
 impl UpstreamClient {
@@ -56,10 +58,17 @@ impl UpstreamClient {
         header: RequestHeader,
         body: &Bytes,
     ) -> Result<Exchange, Rejection> {
+        let started = std::time::Instant::now();
         if let Some(stream) = self.connector.reused_stream(&peer).await {
             let session = ClientSession::new_with_options(stream, &peer);
             match exchange(session, &peer, header.clone(), body).await {
-                Ok(session) => return Ok(Exchange { session, peer }),
+                Ok(session) => {
+                    return Ok(Exchange {
+                        session,
+                        peer,
+                        waited: started.elapsed(),
+                    })
+                }
                 Err((e, answered)) if answered || !retryable(&e) => return Err(classify(&e)),
                 Err(_) => {} // stale pooled connection: try a fresh one
             }
@@ -71,14 +80,20 @@ impl UpstreamClient {
             .map_err(|e| classify(&e))?;
         let session = ClientSession::new_with_options(stream, &peer);
         match exchange(session, &peer, header, body).await {
-            Ok(session) => Ok(Exchange { session, peer }),
+            Ok(session) => Ok(Exchange {
+                session,
+                peer,
+                waited: started.elapsed(),
+            }),
             Err((e, _)) => Err(classify(&e)),
         }
     }
 
     /// Returns the connection to the pool when the exchange left it reusable.
     pub async fn release(&self, exchange: Exchange) {
-        let Exchange { mut session, peer } = exchange;
+        let Exchange {
+            mut session, peer, ..
+        } = exchange;
         session.respect_keepalive();
         if let Some(stream) = session.reuse().await {
             self.connector
