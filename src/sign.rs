@@ -54,6 +54,10 @@ pub fn curl_command(
             provider: route.provider_name,
             source,
         })?;
+    let url = match &signed.query {
+        Some(q) => format!("{url}?{q}"),
+        None => url,
+    };
     let mut cmd = format!("curl -sS -i -X POST {}", shell_quote(&url));
     cmd.push_str(&format!(
         " \\\n  -H {}",

@@ -534,3 +534,37 @@ fn hookguard_sign_output_is_forwarded_for_every_hmac_provider() {
         assert_eq!(r.header("x-webhook-route"), Some(p));
     }
 }
+
+#[test]
+fn twilio_json_bodies_are_signed_through_the_url_and_mandrill_head_probes_are_answered() {
+    let up = Upstream::start();
+    let proxy = Proxy::start(&format!(
+        "upstream: \"{}\"\nroutes:\n  - name: twilio\n    path: /twilio\n    provider: twilio\n    secrets: [\"twilio-auth-token\"]\n    public_url: \"https://example.com/twilio\"\n  - name: mandrill\n    path: /mandrill\n    provider: mandrill\n    secrets: [\"mandrill-key\"]\n    public_url: \"https://example.com/mandrill\"\n  - name: stripe\n    path: /stripe\n    provider: stripe\n    secrets: [\"{STRIPE_KEY}\"]\n",
+        up.url()
+    ));
+    let out = sign_and_send(
+        &proxy,
+        "twilio",
+        r#"{"EventType":"com.twilio.messaging.message.delivered"}"#,
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let got = up.received();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].uri.starts_with("/twilio?bodySHA256="),
+        "{}",
+        got[0].uri
+    );
+
+    // Mandrill validates a webhook URL with an unsigned HEAD: answered here, not forwarded.
+    let mut c = Conn::open(proxy.port).unwrap();
+    c.write(b"HEAD /mandrill HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let head = c.read_head_response().unwrap();
+    assert_eq!(head.status, 200);
+    // Other providers still refuse it.
+    c.write(b"HEAD /stripe HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_head_response().unwrap().status, 405);
+    assert_eq!(up.count(), 1);
+}

@@ -158,6 +158,7 @@ impl Provider for BasicAuth {
                 "application/x-www-form-urlencoded".into()
             },
             body: req.body.to_vec(),
+            query: None,
         })
     }
 }

@@ -427,6 +427,7 @@ impl Provider for GenericHmac {
                 "application/x-www-form-urlencoded".into()
             },
             body: req.body.to_vec(),
+            query: None,
         })
     }
 }

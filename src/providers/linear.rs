@@ -112,6 +112,7 @@ impl Provider for Linear {
             ],
             content_type: "application/json".into(),
             body,
+            query: None,
         })
     }
 }

@@ -115,6 +115,7 @@ impl Provider for Mailgun {
                 headers: Vec::new(),
                 content_type: "application/json".into(),
                 body: serde_json::to_vec(&doc).map_err(|e| SignError::Body(e.to_string()))?,
+                query: None,
             });
         }
         let mut form = form_urlencoded::Serializer::new(String::new());
@@ -130,6 +131,7 @@ impl Provider for Mailgun {
             headers: Vec::new(),
             content_type: "application/x-www-form-urlencoded".into(),
             body: form.finish().into_bytes(),
+            query: None,
         })
     }
 }

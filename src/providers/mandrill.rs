@@ -107,6 +107,11 @@ impl Provider for Mandrill {
         })
     }
 
+    /// Mandrill checks a new webhook URL with an unsigned `HEAD` and expects 200.
+    fn answers_head_probe(&self) -> bool {
+        true
+    }
+
     fn summary(&self) -> String {
         format!(
             "{} secret(s), public_url {}, ttl {}",
@@ -136,6 +141,7 @@ impl Provider for Mandrill {
             headers: vec![("X-Mandrill-Signature".into(), sig)],
             content_type: "application/x-www-form-urlencoded".into(),
             body: form,
+            query: None,
         })
     }
 }

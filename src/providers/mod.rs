@@ -88,6 +88,12 @@ pub trait Provider: Send + Sync + 'static {
     /// contain a secret.
     fn summary(&self) -> String;
 
+    /// Whether an unsigned `HEAD` to the route is answered `200` (not forwarded): some senders
+    /// (Mandrill) probe a webhook URL that way before they start signing posts to it.
+    fn answers_head_probe(&self) -> bool {
+        false
+    }
+
     /// Signs `body` as the provider would now, with the route's first secret, for
     /// `hookguard sign`. Providers whose signatures need the provider's private key say so.
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
@@ -103,12 +109,14 @@ pub struct SignRequest<'a> {
     pub url: &'a str,
 }
 
-/// A request ready to send: extra headers, and the body (which may have gained fields).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A request ready to send: extra headers, the body (which may have gained fields), and a
+/// query string for providers that sign one into the URL (Twilio's `bodySHA256`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Signed {
     pub headers: Vec<(String, String)>,
     pub content_type: String,
     pub body: Vec<u8>,
+    pub query: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -452,6 +460,7 @@ pub fn signed_json(headers: Vec<(String, String)>, body: &[u8]) -> Signed {
         headers,
         content_type: "application/json".into(),
         body: body.to_vec(),
+        query: None,
     }
 }
 
@@ -547,6 +556,10 @@ pub mod testing {
             .find("://")
             .and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..]))
             .unwrap_or("/");
+        let path = match &signed.query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
         let pairs: Vec<(&str, &str)> = signed
             .headers
             .iter()
@@ -554,7 +567,7 @@ pub mod testing {
             .collect();
         check(
             p,
-            path,
+            &path,
             &pairs,
             Some(&signed.content_type),
             &signed.body,

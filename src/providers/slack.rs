@@ -95,6 +95,7 @@ impl Provider for Slack {
                 "application/x-www-form-urlencoded".into()
             },
             body: req.body.to_vec(),
+            query: None,
         })
     }
 }

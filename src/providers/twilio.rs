@@ -228,16 +228,28 @@ impl Provider for Twilio {
         )
     }
 
-    /// Signs a form body (Twilio's usual POST) for `public_url`.
+    /// Signs a form body (Twilio's usual POST) for `public_url`, or a JSON body through the
+    /// `bodySHA256` query parameter, as Twilio does.
     fn sign(&self, req: &SignRequest<'_>, _now: SystemTime) -> Result<Signed, SignError> {
         let secret = first_secret(&self.secrets)?;
         let trimmed = req.body.trim_ascii();
+        let idempotency = (
+            "I-Twilio-Idempotency-Token".to_owned(),
+            super::fresh_token(36),
+        );
         if trimmed.starts_with(b"{") || trimmed.starts_with(b"[") {
-            return Err(SignError::Body(
-                "Twilio signs a JSON body through a `bodySHA256` query parameter, which \
-                 `hookguard sign` cannot add to the URL; give a form body (a=1&b=2)"
-                    .into(),
+            let query = format!("bodySHA256={}", sha256_hex(trimmed));
+            let url = format!("{}?{query}", self.public_url.as_str());
+            let sig = base64(&hmac_sign::<HmacSha1>(
+                secret.expose().as_bytes(),
+                &[url.as_bytes()],
             ));
+            return Ok(Signed {
+                headers: vec![("X-Twilio-Signature".into(), sig), idempotency],
+                content_type: "application/json".into(),
+                body: trimmed.to_vec(),
+                query: Some(query),
+            });
         }
         let url = self.public_url.for_request(req.url);
         Ok(Signed {
@@ -246,10 +258,11 @@ impl Provider for Twilio {
                     "X-Twilio-Signature".into(),
                     signature(secret.expose(), &url, trimmed),
                 ),
-                ("I-Twilio-Idempotency-Token".into(), super::fresh_token(36)),
+                idempotency,
             ],
             content_type: "application/x-www-form-urlencoded".into(),
             body: trimmed.to_vec(),
+            query: None,
         })
     }
 }
@@ -415,6 +428,16 @@ mod tests {
         let url = "http://127.0.0.1:1/t";
         let signed = sign_now(&p, url, FORM.as_bytes(), 0);
         assert!(check_signed(&p, url, &signed, 0).is_ok());
-        assert!(p.sign(&SignRequest { body: b"{}", url }, at(0)).is_err());
+        // JSON bodies are signed through the `bodySHA256` query parameter.
+        let json = sign_now(&p, url, br#"{"EventType":"x"}"#, 0);
+        let query = json.query.as_deref().expect("a bodySHA256 query");
+        assert!(query.starts_with("bodySHA256="), "{query}");
+        assert!(check_signed(&p, url, &json, 0).is_ok());
+        let mut tampered = json.clone();
+        tampered.body = br#"{"EventType":"y"}"#.to_vec();
+        assert_eq!(
+            check_signed(&p, url, &tampered, 0),
+            Err(Rejection::BadSignature)
+        );
     }
 }

@@ -260,6 +260,17 @@ async fn handle(
         return reject(session, report, Rejection::NoRoute).await;
     };
     report.route = Some(Arc::clone(&route));
+    if req.method == http::Method::HEAD && route.provider.answers_head_probe() {
+        return respond(
+            session,
+            report,
+            Outcome::Answered,
+            200,
+            "text/plain",
+            Bytes::new(),
+        )
+        .await;
+    }
     if req.method != http::Method::POST {
         return reject(session, report, Rejection::MethodNotAllowed).await;
     }

@@ -397,6 +397,16 @@ impl Conn {
     }
 
     pub fn read_response(&mut self) -> std::io::Result<HttpResponse> {
+        self.read_response_inner(false)
+    }
+
+    /// Reads the answer to a HEAD request: headers only (its Content-Length describes a body
+    /// that is not sent).
+    pub fn read_head_response(&mut self) -> std::io::Result<HttpResponse> {
+        self.read_response_inner(true)
+    }
+
+    fn read_response_inner(&mut self, head: bool) -> std::io::Result<HttpResponse> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Err(std::io::Error::new(
@@ -427,7 +437,7 @@ impl Conn {
                 .find(|(n, _): &&(String, String)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.clone())
         };
-        if (100..200).contains(&status) {
+        if (100..200).contains(&status) || head {
             // An interim response: the caller reads the final one next.
             return Ok(HttpResponse {
                 status,
