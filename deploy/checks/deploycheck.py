@@ -13,7 +13,7 @@ Subcommands (each prints `PASS <what>` / `FAIL <what>: <why>` lines; check.sh co
                           and sends signed webhooks through it (the "smoke" test)
   exec-in-root ...        internal: chroot, drop to a user, exec (used under strace)
 
-Needs PyYAML (installed with checkov into check.sh's venv).
+Needs PyYAML (installed with checkov into check.sh's venv), except `build-command`.
 """
 
 import argparse
@@ -31,7 +31,10 @@ import time
 import urllib.error
 import urllib.request
 
-import yaml
+try:
+    import yaml  # every subcommand but build-command (which check.sh runs before its venv exists)
+except ImportError:
+    yaml = None
 
 DEPLOY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(DEPLOY)
@@ -402,9 +405,9 @@ def check_kubernetes():
     app = next(c for c in pod["containers"] if c["name"] != "hookguard")
     ports = {p["name"]: p["containerPort"] for p in hg["ports"]}
     expect("kubernetes: container port `http` is the config's listen port",
-           ports.get("http") == port_of(cfg["listen"]))
+           ports.get("http") == port_of(cfg["listen"]), "%s vs %s" % (ports, cfg["listen"]))
     expect("kubernetes: container port `admin` is the config's admin_listen port",
-           ports.get("admin") == port_of(cfg["admin_listen"]))
+           ports.get("admin") == port_of(cfg["admin_listen"]), "%s vs %s" % (ports, cfg["admin_listen"]))
     expect("kubernetes: listeners bind all interfaces (kubelet probes and the Service use the pod IP)",
            host_of(cfg["listen"]) == "0.0.0.0" and host_of(cfg["admin_listen"]) == "0.0.0.0")
     lp, rp = hg["livenessProbe"]["httpGet"], hg["readinessProbe"]["httpGet"]
