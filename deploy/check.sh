@@ -7,8 +7,8 @@
 #                bundled), checkov on the manifests
 #   4. compose   compose.yaml against the Compose Specification schema
 #   5. files     cross-file consistency (ports, probes, secret paths, grace periods, ...)
-#   6. build     the `cargo build` command of deploy/Dockerfile (reuses target/ when built;
-#                started in the background at step 1)
+#   6. build     the `cargo build` command of deploy/Dockerfile, in a copy of its build context
+#                (reuses target/; started in the background at step 1)
 #   7. systemd   systemd-analyze verify; systemd-analyze security --offline with a threshold
 #                and a list of accepted findings
 #   8. runtime   in a private network + mount namespace: `hookguard check` of every shipped
@@ -106,12 +106,16 @@ fi
 # run.
 BUILD_LOG=$(mktemp)
 trap 'rm -f "$BUILD_LOG"; if [ -n "${BUILD_PID:-}" ]; then kill "$BUILD_PID" 2>/dev/null || true; fi' EXIT
+# It runs where the Dockerfile runs it: in a copy of the build context (`COPY . .` through
+# Dockerfile.dockerignore), with the shared target directory so that nothing is built twice.
+CONTEXT=$TARGET_DIR/deploy-check-context
+python3 deploy/checks/deploycheck.py docker-context --out "$CONTEXT"
 mapfile -t BUILD < <(python3 deploy/checks/deploycheck.py build-command)
 echo "started in the background, from deploy/Dockerfile: ${BUILD[*]}"
 BUILD_START=$SECONDS
 BUILD_PID=
 if [ "${BUILD[0]:-}" = cargo ]; then
-  "${BUILD[@]}" >"$BUILD_LOG" 2>&1 &
+  (cd "$CONTEXT" && CARGO_TARGET_DIR=$TARGET_DIR exec "${BUILD[@]}") >"$BUILD_LOG" 2>&1 &
   BUILD_PID=$!
 fi
 

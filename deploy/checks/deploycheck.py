@@ -7,6 +7,8 @@ Subcommands (each prints `PASS <what>` / `FAIL <what>: <why>` lines; check.sh co
   consistency             static cross-checks between the Dockerfile, the shipped configs, the
                           Kubernetes manifests, compose.yaml and the systemd unit
   build-command           prints the `cargo build` command of deploy/Dockerfile, one word a line
+  docker-context --out D  mirrors the Docker build context (COPY . . through
+                          Dockerfile.dockerignore) into D, for the build to run in
   runtime --bin PATH      must run as root inside `unshare --mount --net --fork`: builds a
                           distroless-like read-only root for each deployment target and runs
                           `hookguard check` in it, then runs the image's entrypoint under strace
@@ -17,6 +19,7 @@ Needs PyYAML (installed with checkov into check.sh's venv), except `build-comman
 """
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -179,6 +182,67 @@ def build_command(df):
                 cmd.append(w)
             return cmd
     raise SystemExit("no `cargo build` in deploy/Dockerfile")
+
+
+def dockerignore_patterns():
+    out = []
+    for line in read(path("Dockerfile.dockerignore")).splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            neg = line.startswith("!")
+            out.append((neg, line.lstrip("!").strip("/")))
+    return out
+
+
+def in_context(rel, patterns):
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    included = True
+    for neg, pat in patterns:
+        if any(fnmatch.fnmatchcase(p, pat) for p in prefixes):
+            included = neg
+    return included
+
+
+def cmd_docker_context(a):
+    """Mirrors the build context deploy/Dockerfile sees (`COPY . .` filtered by
+    Dockerfile.dockerignore) into a.out, keeping mtimes so that cargo reuses its build."""
+    patterns = dockerignore_patterns()
+    wanted = set()
+    for top in sorted(os.listdir(REPO)):
+        # Prune what is excluded and cannot be re-included (target/, .git, ...).
+        if not in_context(top, patterns) and not any(neg and p.startswith(top + "/") for neg, p in patterns):
+            continue
+        full = os.path.join(REPO, top)
+        if os.path.isfile(full):
+            wanted.add(top)
+            continue
+        for d, dirs, files in os.walk(full):
+            for f in files:
+                rel = os.path.relpath(os.path.join(d, f), REPO)
+                if in_context(rel, patterns):
+                    wanted.add(rel)
+    os.makedirs(a.out, exist_ok=True)
+    for d, dirs, files in os.walk(a.out, topdown=False):
+        for f in files:
+            rel = os.path.relpath(os.path.join(d, f), a.out)
+            if rel not in wanted:
+                os.remove(os.path.join(d, f))
+        if d != a.out and not os.listdir(d):
+            os.rmdir(d)
+    for rel in sorted(wanted):
+        src, dest = os.path.join(REPO, rel), os.path.join(a.out, rel)
+        st = os.stat(src)
+        try:
+            dt = os.stat(dest)
+            if dt.st_size == st.st_size and int(dt.st_mtime) == int(st.st_mtime):
+                continue
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy2(src, dest)
+    print("%d files in the build context: %s" % (len(wanted), " ".join(sorted({w.split("/")[0] for w in wanted}))))
+    return 0
 
 
 def load_yaml_docs(p):
@@ -855,6 +919,8 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("consistency")
     sub.add_parser("build-command")
+    c = sub.add_parser("docker-context")
+    c.add_argument("--out", required=True)
     r = sub.add_parser("runtime")
     r.add_argument("--bin", required=True)
     e = sub.add_parser("exec-in-root")
@@ -871,6 +937,8 @@ def main():
     if a.cmd == "build-command":
         print("\n".join(build_command(dockerfile())))
         return 0
+    if a.cmd == "docker-context":
+        return cmd_docker_context(a)
     if a.cmd == "runtime":
         return cmd_runtime(a)
     df = dockerfile()
