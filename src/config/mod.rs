@@ -397,13 +397,26 @@ impl Loader<'_> {
         }
     }
 
+    /// Whether the value at `at` (or part of it) came from `${...}`.
+    fn is_expanded(&self, at: &YPath) -> bool {
+        self.expanded
+            .iter()
+            .any(|p| at.0.starts_with(&p.0) || p.0.starts_with(&at.0))
+    }
+
+    /// `value` (found at `at`) as an error may show it: not at all when it came from
+    /// `${...}`, which is often a secret.
+    fn shown(&self, at: &YPath, value: &str) -> String {
+        if self.is_expanded(at) {
+            "(value from ${...}, not shown)".to_owned()
+        } else {
+            format!("`{value}`")
+        }
+    }
+
     /// A serde error's message, unless the value may be secret: then a generic one.
     fn describe(&self, at: &YPath, e: &serde_yaml::Error) -> String {
-        let secret = at.has_key(providers::SECRET_KEYS)
-            || self
-                .expanded
-                .iter()
-                .any(|p| at.0.starts_with(&p.0) || p.0.starts_with(&at.0));
+        let secret = at.has_key(providers::SECRET_KEYS) || self.is_expanded(at);
         let field = at.to_string();
         let field = if field.is_empty() {
             "config".to_owned()
@@ -481,10 +494,9 @@ impl Loader<'_> {
         match text.to_socket_addrs().map(|mut a| a.next()) {
             Ok(Some(addr)) => Some(addr),
             _ => {
-                self.error_at_value(
-                    &YPath::root().key(key),
-                    format!("`{key}`: `{text}` is not a HOST:PORT address"),
-                );
+                let at = YPath::root().key(key);
+                let shown = self.shown(&at, &text);
+                self.error_at_value(&at, format!("`{key}`: {shown} is not a HOST:PORT address"));
                 None
             }
         }
@@ -496,6 +508,11 @@ impl Loader<'_> {
                 url: url.trim_end_matches('/').to_owned(),
                 addr,
             }),
+            Err(_) if self.is_expanded(path) => {
+                let msg = "not an http://HOST:PORT upstream (value from ${...}, not shown)";
+                self.error_at_value(path, format!("`{path}`: {msg}"));
+                None
+            }
             Err(msg) => {
                 self.error_at_value(path, format!("`{path}`: {msg}"));
                 None
@@ -512,13 +529,16 @@ impl Loader<'_> {
                 .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
             match parsed {
                 Ok(net) => nets.push(net),
-                Err(_) => self.error_at_value(
-                    &path.index(i),
-                    format!(
-                        "`{}`: `{text}` is not an IP address or CIDR range",
-                        path.index(i)
-                    ),
-                ),
+                Err(_) => {
+                    let shown = self.shown(&path.index(i), text);
+                    self.error_at_value(
+                        &path.index(i),
+                        format!(
+                            "`{}`: {shown} is not an IP address or CIDR range",
+                            path.index(i)
+                        ),
+                    )
+                }
             }
         }
         nets
@@ -603,18 +623,17 @@ impl Loader<'_> {
                 continue;
             };
             if let Some(first) = names.insert(route.name.clone(), i) {
+                let shown = self.shown(&here.key("name"), &route.name);
                 self.error_at_value(
                     &here.key("name"),
-                    format!(
-                        "route name `{}` is already used by routes[{first}]",
-                        route.name
-                    ),
+                    format!("route name {shown} is already used by routes[{first}]"),
                 );
             }
             if let Some(first) = paths.insert(route.path.clone(), i) {
+                let shown = self.shown(&here.key("path"), &route.path);
                 self.error_at_value(
                     &here.key("path"),
-                    format!("path `{}` is already routed by routes[{first}]", route.path),
+                    format!("path {shown} is already routed by routes[{first}]"),
                 );
             }
             routes.push(route);
@@ -647,13 +666,10 @@ impl Loader<'_> {
         let entry = providers::lookup(&raw.provider);
         let Some(entry) = entry else {
             let known: Vec<&str> = providers::REGISTRY.iter().map(|e| e.name).collect();
+            let shown = self.shown(&here.key("provider"), &raw.provider);
             self.error_at_value(
                 &here.key("provider"),
-                format!(
-                    "unknown provider `{}` (known: {})",
-                    raw.provider,
-                    known.join(", ")
-                ),
+                format!("unknown provider {shown} (known: {})", known.join(", ")),
             );
             return None;
         };

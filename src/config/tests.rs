@@ -246,3 +246,42 @@ fn the_shipped_config_is_valid() {
     let text = include_str!("../../config.yaml");
     load_str(text, "config.yaml", &super::expand::ProcessEnv).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn expanded_values_never_appear_in_errors() {
+    // Found by fuzz/fuzz_targets/config.rs: a misindented route merged `secrets:` into the
+    // provider name, and "unknown provider" echoed the expanded key. Every error that quotes
+    // a value (addresses, upstreams, provider names, duplicate names and paths) hides it when
+    // it came from `${...}`, and still quotes it when it was written literally.
+    let text = "\
+listen: \"${MG_KEY}\"
+admin_listen: \"x${file:/run/secrets/mg}\"
+upstream: \"ftp://${MG_KEY}\"
+routes:
+  - {name: a, path: /a, provider: \"mailgun ${MG_KEY}\", secrets: [k]}
+  - {name: \"${MG_KEY}\", path: \"/${MG_KEY}\", provider: mailgun, secrets: [k], upstream: \"http://127.0.0.1:1\"}
+  - {name: \"${MG_KEY}\", path: \"/${MG_KEY}\", provider: mailgun, secrets: [k], upstream: \"http://127.0.0.1:1\"}
+  - {name: u, path: /u, provider: mailgun, secrets: [k], upstream: \"ftp://${MG_KEY}\"}
+  - {name: l, path: /l, provider: nosuch, secrets: [k]}
+  - {name: c1, path: /c, provider: mailgun, secrets: [k], upstream: \"http://127.0.0.1:1\"}
+  - {name: c2, path: /c, provider: mailgun, secrets: [k], upstream: \"http://127.0.0.1:1\"}
+";
+    let errs = errors(text).join("\n");
+    assert!(!errs.contains("SECRETVALUE"), "{errs}");
+    for hidden in [
+        "`listen`: (value from ${...}, not shown)",
+        "`admin_listen`: (value from ${...}, not shown)",
+        "`upstream`: not an http://HOST:PORT upstream (value from ${...}, not shown)",
+        "unknown provider (value from ${...}, not shown)",
+        "route name (value from ${...}, not shown) is already used by routes[1]",
+        "path (value from ${...}, not shown) is already routed by routes[1]",
+        "`routes[3].upstream`: not an http://HOST:PORT upstream (value from",
+    ] {
+        assert!(errs.contains(hidden), "{hidden}\n{errs}");
+    }
+    assert!(errs.contains("unknown provider `nosuch`"), "{errs}");
+    assert!(
+        errs.contains("path `/c` is already routed by routes[5]"),
+        "{errs}"
+    );
+}
