@@ -85,11 +85,12 @@ fn check(cli: &Cli) -> ExitCode {
     match config::load_file(&cli.config) {
         Ok(config) => {
             println!(
-                "{}: ok: {} route(s); listen {}, admin {}",
+                "{}: ok: {} route(s); listen {}, admin {}; {}",
                 cli.config.display(),
                 config.routes.len(),
                 config.listen,
-                config.admin_listen
+                config.admin_listen,
+                config.replay.summary()
             );
             for route in config.routes.iter() {
                 println!("{}", route.summary());

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub in_flight: IntGauge,
     pub body_bytes: IntCounterVec,
+    pub replay_store_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -84,6 +85,7 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let replay_store_errors = Self::store_error_counter();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(verify_duration.clone()),
@@ -92,6 +94,7 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(in_flight.clone()),
             Box::new(body_bytes.clone()),
+            Box::new(replay_store_errors.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -107,7 +110,25 @@ impl Metrics {
             config_reloads,
             in_flight,
             body_bytes,
+            replay_store_errors,
         })
+    }
+
+    /// `hookguard_replay_store_errors_total{op}` (not registered anywhere yet), with its
+    /// three series present from the start.
+    pub fn store_error_counter() -> IntCounterVec {
+        let c = IntCounterVec::new(
+            Opts::new(
+                "hookguard_replay_store_errors_total",
+                "Replay store (Redis) calls that failed or timed out, by operation (reserve, commit, release).",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        for op in ["reserve", "commit", "release"] {
+            c.with_label_values(&[op]);
+        }
+        c
     }
 
     /// Label children for every route of `config` (and for requests that match no route).

@@ -19,6 +19,8 @@ pub enum Rejection {
     BadSignature,
     #[error("message already delivered or in flight")]
     Replayed,
+    #[error("the shared replay store cannot be reached")]
+    ReplayStoreUnavailable,
     #[error("body does not parse as its content type")]
     MalformedBody,
     #[error("client took too long to send the request")]
@@ -30,7 +32,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 12] = [
+    pub const ALL: [Rejection; 13] = [
         Rejection::NoRoute,
         Rejection::MethodNotAllowed,
         Rejection::IpNotAllowed,
@@ -39,6 +41,7 @@ impl Rejection {
         Rejection::StaleTimestamp,
         Rejection::BadSignature,
         Rejection::Replayed,
+        Rejection::ReplayStoreUnavailable,
         Rejection::MalformedBody,
         Rejection::ClientTimeout,
         Rejection::UpstreamUnavailable,
@@ -55,6 +58,7 @@ impl Rejection {
                 401
             }
             Rejection::Replayed => 409,
+            Rejection::ReplayStoreUnavailable => 503,
             Rejection::MalformedBody => 400,
             Rejection::ClientTimeout => 408,
             Rejection::UpstreamUnavailable => 502,
@@ -73,6 +77,7 @@ impl Rejection {
             Rejection::StaleTimestamp => "stale_timestamp",
             Rejection::BadSignature => "bad_signature",
             Rejection::Replayed => "replayed",
+            Rejection::ReplayStoreUnavailable => "replay_store_unavailable",
             Rejection::MalformedBody => "malformed_body",
             Rejection::ClientTimeout => "client_timeout",
             Rejection::UpstreamUnavailable => "upstream_unavailable",

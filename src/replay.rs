@@ -19,9 +19,16 @@ use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use moka::Expiry;
+use prometheus::IntCounterVec;
 use sha2::{Digest, Sha256};
 
-type Key = u128;
+use crate::config::{OnStoreError, ReplaySettings, ReplayStore};
+use crate::outcome::Rejection;
+use redis_store::RedisStore;
+
+mod redis_store;
+
+pub(crate) type Key = u128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -54,20 +61,77 @@ impl Expiry<Key, Slot> for SlotExpiry {
     }
 }
 
-/// The message was already delivered, or is being delivered right now.
+/// Why a reservation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Replayed;
+pub enum Refused {
+    /// The message was already delivered, or is being delivered right now.
+    Replayed,
+    /// The shared store could not be asked (`on_store_error: reject`).
+    StoreUnavailable,
+}
+
+impl Refused {
+    pub fn rejection(self) -> Rejection {
+        match self {
+            Refused::Replayed => Rejection::Replayed,
+            Refused::StoreUnavailable => Rejection::ReplayStoreUnavailable,
+        }
+    }
+}
 
 pub struct ReplayGuard {
+    /// Memory backend: every key, in flight and delivered. Redis backend: the keys this
+    /// replica saw delivered, a fast path in front of the store.
     cache: Cache<Key, Slot>,
     /// How long an in-flight reservation may live if its holder vanished without releasing
-    /// it (it cannot, short of a bug: this is the safety net).
+    /// it (it cannot, short of a bug or, with Redis, a lost connection: this is the safety net).
     in_flight_ttl: Duration,
     next_nonce: AtomicU64,
+    shared: Option<RedisStore>,
+    on_store_error: OnStoreError,
+    /// `hookguard_replay_store_errors_total{op}`.
+    store_errors: IntCounterVec,
 }
 
 impl ReplayGuard {
+    /// A memory-only guard.
     pub fn new(max_entries: u64, in_flight_ttl: Duration) -> Self {
+        Self::build(
+            max_entries,
+            in_flight_ttl,
+            None,
+            OnStoreError::Reject,
+            crate::metrics::Metrics::store_error_counter(),
+        )
+    }
+
+    /// The guard `settings` describe; Redis errors are counted in `store_errors` (label `op`).
+    /// Fails only if the Redis client's thread cannot be started.
+    pub fn with_settings(
+        settings: &ReplaySettings,
+        in_flight_ttl: Duration,
+        store_errors: IntCounterVec,
+    ) -> std::io::Result<Self> {
+        let shared = match &settings.store {
+            ReplayStore::Memory => None,
+            ReplayStore::Redis(redis) => Some(RedisStore::new(redis)?),
+        };
+        Ok(Self::build(
+            settings.max_entries,
+            in_flight_ttl,
+            shared,
+            settings.on_store_error,
+            store_errors,
+        ))
+    }
+
+    fn build(
+        max_entries: u64,
+        in_flight_ttl: Duration,
+        shared: Option<RedisStore>,
+        on_store_error: OnStoreError,
+        store_errors: IntCounterVec,
+    ) -> Self {
         ReplayGuard {
             cache: Cache::builder()
                 .max_capacity(max_entries)
@@ -76,29 +140,76 @@ impl ReplayGuard {
                 .build(),
             in_flight_ttl,
             next_nonce: AtomicU64::new(1),
+            shared,
+            on_store_error,
+            store_errors,
         }
     }
 
+    /// Whether the shared store (if any) has a connection; `None` for the memory backend.
+    pub fn store_connected(&self) -> Option<bool> {
+        self.shared.as_ref().map(RedisStore::is_connected)
+    }
+
     /// Reserves `key` of `route` for one delivery attempt.
-    pub fn reserve(self: &Arc<Self>, route: &str, key: &str) -> Result<Reservation, Replayed> {
+    pub async fn reserve(self: &Arc<Self>, route: &str, key: &str) -> Result<Reservation, Refused> {
         let digest = digest(route, key);
         let nonce = self.next_nonce.fetch_add(1, Ordering::Relaxed);
-        let entry = self.cache.entry(digest).or_insert_with(|| Slot {
-            state: State::InFlight(nonce),
-            ttl: self.in_flight_ttl,
-        });
-        if !entry.is_fresh() {
-            return Err(Replayed);
-        }
-        Ok(Reservation {
+        let reservation = Reservation {
             guard: Arc::clone(self),
             key: digest,
             nonce,
             settled: false,
-        })
+        };
+        let Some(store) = &self.shared else {
+            let entry = self.cache.entry(digest).or_insert_with(|| Slot {
+                state: State::InFlight(nonce),
+                ttl: self.in_flight_ttl,
+            });
+            if !entry.is_fresh() {
+                reservation.disarm();
+                return Err(Refused::Replayed);
+            }
+            return Ok(reservation);
+        };
+        // Delivered through this replica: known without a round trip.
+        if self.cache.contains_key(&digest) {
+            reservation.disarm();
+            return Err(Refused::Replayed);
+        }
+        match store.reserve(digest, nonce, self.in_flight_ttl).await {
+            Ok(true) => Ok(reservation),
+            Ok(false) => {
+                reservation.disarm();
+                Err(Refused::Replayed)
+            }
+            Err(e) => {
+                self.store_errors.with_label_values(&["reserve"]).inc();
+                match self.on_store_error {
+                    OnStoreError::Reject => {
+                        tracing::warn!(error = %e, "replay store unavailable; answering 503 so the provider retries later");
+                        // The SET may have been applied although its answer was lost: free
+                        // the key, if it is ours, as soon as the store answers again.
+                        reservation.disarm();
+                        if e.may_have_applied() {
+                            store.spawn_release(digest, store.nonce(nonce), self.in_flight_ttl);
+                        }
+                        Err(Refused::StoreUnavailable)
+                    }
+                    OnStoreError::Allow => {
+                        tracing::warn!(error = %e, "replay store unavailable; forwarding WITHOUT replay protection (on_store_error: allow)");
+                        // Kept as a reservation all the same: a 2xx still records the
+                        // delivery (here, and in the store if it answers by then); a failure
+                        // frees the key if the lost SET did take it.
+                        Ok(reservation)
+                    }
+                }
+            }
+        }
     }
 
-    /// Approximate number of remembered keys (in flight and delivered).
+    /// Approximate number of keys remembered in this process: with the memory backend, every
+    /// key in flight and delivered; with Redis, the delivered keys of the local fast path.
     pub fn len(&self) -> u64 {
         self.cache.run_pending_tasks();
         self.cache.entry_count()
@@ -108,7 +219,8 @@ impl ReplayGuard {
         self.len() == 0
     }
 
-    fn settle(&self, key: Key, nonce: u64, delivered_ttl: Option<Duration>) {
+    /// Memory backend: settles the local slot.
+    fn settle_local(&self, key: Key, nonce: u64, delivered_ttl: Option<Duration>) {
         self.cache.entry(key).and_compute_with(|current| {
             let ours = current.as_ref().map(|e| e.value().state) == Some(State::InFlight(nonce));
             match delivered_ttl {
@@ -125,7 +237,9 @@ impl ReplayGuard {
     }
 }
 
-/// A key held for one delivery attempt. Commit it on upstream 2xx; drop it otherwise.
+/// A key held for one delivery attempt. Commit it on upstream 2xx; [`release`](Self::release)
+/// it otherwise. Dropped unsettled, it releases itself (in the background with Redis), so no
+/// early return, error or cancelled request can leave a key stuck.
 pub struct Reservation {
     guard: Arc<ReplayGuard>,
     key: Key,
@@ -134,17 +248,63 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// The upstream accepted the message: refuse copies of it for `remember_for`.
-    pub fn commit(mut self, remember_for: Duration) {
+    /// Drops the reservation without touching any store (nothing was reserved).
+    fn disarm(mut self) {
         self.settled = true;
-        self.guard.settle(self.key, self.nonce, Some(remember_for));
+    }
+
+    /// The upstream accepted the message: refuse copies of it for `remember_for`.
+    pub async fn commit(mut self, remember_for: Duration) {
+        self.settled = true;
+        let g = &self.guard;
+        let Some(store) = &g.shared else {
+            g.settle_local(self.key, self.nonce, Some(remember_for));
+            return;
+        };
+        // This replica refuses copies from now on, whatever the store says.
+        g.cache.insert(
+            self.key,
+            Slot {
+                state: State::Delivered,
+                ttl: remember_for,
+            },
+        );
+        let nonce = store.nonce(self.nonce);
+        if let Err(e) = store.commit(self.key, &nonce, remember_for).await {
+            g.store_errors.with_label_values(&["commit"]).inc();
+            tracing::warn!(error = %e, "replay store: could not record a delivery; retrying in the background (until then other replicas refuse copies while the reservation lasts)");
+            store.spawn_commit(self.key, nonce, remember_for, g.in_flight_ttl);
+        }
+    }
+
+    /// The delivery failed: free the key for the provider's retry. Returns once the key is
+    /// free (or the store could not be reached: then the reservation lapses by itself after
+    /// the in-flight TTL, and is retried in the background meanwhile).
+    pub async fn release(mut self) {
+        self.settled = true;
+        let g = &self.guard;
+        let Some(store) = &g.shared else {
+            g.settle_local(self.key, self.nonce, None);
+            return;
+        };
+        let nonce = store.nonce(self.nonce);
+        if let Err(e) = store.release(self.key, &nonce).await {
+            g.store_errors.with_label_values(&["release"]).inc();
+            tracing::warn!(error = %e, "replay store: could not release a failed delivery's key; retrying in the background (until then the provider's retries get 409)");
+            store.spawn_release(self.key, nonce, g.in_flight_ttl);
+        }
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if !self.settled {
-            self.guard.settle(self.key, self.nonce, None);
+        if self.settled {
+            return;
+        }
+        let g = &self.guard;
+        match &g.shared {
+            None => g.settle_local(self.key, self.nonce, None),
+            Some(store) => store.spawn_release(self.key, store.nonce(self.nonce), g.in_flight_ttl),
         }
     }
 }
@@ -170,64 +330,79 @@ mod tests {
         Arc::new(ReplayGuard::new(1000, Duration::from_secs(60)))
     }
 
-    #[test]
-    fn in_flight_duplicate_is_refused_then_released() {
+    #[tokio::test]
+    async fn in_flight_duplicate_is_refused_then_released() {
         let g = guard();
-        let first = g.reserve("r", "k").unwrap();
-        assert_eq!(g.reserve("r", "k").err(), Some(Replayed));
-        drop(first); // upstream failed
+        let first = g.reserve("r", "k").await.unwrap();
+        assert_eq!(g.reserve("r", "k").await.err(), Some(Refused::Replayed));
+        first.release().await; // upstream failed
         let retry = g
             .reserve("r", "k")
+            .await
             .expect("retry after a failed delivery passes");
-        retry.commit(Duration::from_secs(60));
-        assert_eq!(g.reserve("r", "k").err(), Some(Replayed));
+        retry.commit(Duration::from_secs(60)).await;
+        assert_eq!(g.reserve("r", "k").await.err(), Some(Refused::Replayed));
     }
 
-    #[test]
-    fn routes_are_separate_namespaces() {
+    #[tokio::test]
+    async fn a_dropped_reservation_releases_itself() {
         let g = guard();
-        let _a = g.reserve("a", "k").unwrap();
-        assert!(g.reserve("b", "k").is_ok());
-        // (route, key) pairs that concatenate alike stay distinct.
-        let _x = g.reserve("ab", "c").unwrap();
-        assert!(g.reserve("a", "bc").is_ok());
+        drop(g.reserve("r", "k").await.unwrap());
+        assert!(g.reserve("r", "k").await.is_ok());
     }
 
-    #[test]
-    fn committed_keys_expire_after_their_ttl() {
+    #[tokio::test]
+    async fn routes_are_separate_namespaces() {
+        let g = guard();
+        let _a = g.reserve("a", "k").await.unwrap();
+        assert!(g.reserve("b", "k").await.is_ok());
+        // (route, key) pairs that concatenate alike stay distinct.
+        let _x = g.reserve("ab", "c").await.unwrap();
+        assert!(g.reserve("a", "bc").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn committed_keys_expire_after_their_ttl() {
         let g = guard();
         g.reserve("r", "k")
+            .await
             .unwrap()
-            .commit(Duration::from_millis(50));
-        assert!(g.reserve("r", "k").is_err());
-        std::thread::sleep(Duration::from_millis(120));
-        assert!(g.reserve("r", "k").is_ok());
+            .commit(Duration::from_millis(50))
+            .await;
+        assert!(g.reserve("r", "k").await.is_err());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(g.reserve("r", "k").await.is_ok());
     }
 
-    #[test]
-    fn a_stale_release_does_not_free_another_reservation() {
+    #[tokio::test]
+    async fn a_stale_release_does_not_free_another_reservation() {
         let g = Arc::new(ReplayGuard::new(1000, Duration::from_millis(30)));
-        let old = g.reserve("r", "k").unwrap();
-        std::thread::sleep(Duration::from_millis(80)); // the safety-net TTL lapses
-        let new = g.reserve("r", "k").unwrap();
-        drop(old);
+        let old = g.reserve("r", "k").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await; // the safety-net TTL lapses
+        let new = g.reserve("r", "k").await.unwrap();
+        old.release().await;
         assert!(
-            g.reserve("r", "k").is_err(),
+            g.reserve("r", "k").await.is_err(),
             "the newer reservation still holds"
         );
         drop(new);
     }
 
-    #[test]
-    fn bounded_by_max_entries() {
+    #[tokio::test]
+    async fn bounded_by_max_entries() {
         let g = Arc::new(ReplayGuard::new(100, Duration::from_secs(60)));
         for i in 0..1000 {
             g.reserve("r", &i.to_string())
+                .await
                 .unwrap()
-                .commit(Duration::from_secs(60));
+                .commit(Duration::from_secs(60))
+                .await;
         }
         assert!(g.len() <= 100, "len {}", g.len());
         // The newest key is remembered (LRU evicts the oldest, never refuses the newest).
-        assert!(g.reserve("r", "999").is_err());
+        assert!(g.reserve("r", "999").await.is_err());
     }
 }
+
+#[cfg(test)]
+mod redis_tests;

@@ -32,6 +32,8 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot start the replay store client: {0}")]
+    ReplayStore(std::io::Error),
 }
 
 /// Runs hookguard until it is told to stop. Returns once shutdown is complete.
@@ -41,7 +43,8 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
     check_bindable(config.admin_listen, "admin_listen")?;
 
     let metrics = Metrics::new();
-    let gateway = Gateway::new(config.clone(), Arc::clone(&metrics));
+    let gateway =
+        Gateway::new(config.clone(), Arc::clone(&metrics)).map_err(StartError::ReplayStore)?;
     let health = Arc::new(Health::default());
 
     let conf = ServerConf {
@@ -83,6 +86,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
         routes = config.routes.len(),
         "hookguard starting"
     );
+    tracing::info!("{}", config.replay.summary());
     for route in config.routes.iter() {
         tracing::info!("{}", route.summary());
     }
@@ -167,6 +171,11 @@ impl Signals {
                 {
                     tracing::warn!(
                         "listen, admin_listen and threads take effect only on restart; the running values stay"
+                    );
+                }
+                if new.replay != old.replay {
+                    tracing::warn!(
+                        "replay settings take effect only on restart; the running replay store stays"
                     );
                 }
                 let routes = new.routes.len();

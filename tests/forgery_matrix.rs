@@ -675,11 +675,15 @@ fn forgery_matrix() {
             base.provider
         );
         let guard = Arc::new(ReplayGuard::new(100, Duration::from_secs(60)));
-        guard
-            .reserve(base.provider, &first.replay_key)
-            .expect("first delivery")
-            .commit(first.remember_for);
-        let replay = guard.reserve(base.provider, &second.replay_key);
+        let replay = block_on(async {
+            guard
+                .reserve(base.provider, &first.replay_key)
+                .await
+                .expect("first delivery")
+                .commit(first.remember_for)
+                .await;
+            guard.reserve(base.provider, &second.replay_key).await
+        });
         let got = if replay.is_err() { "replayed" } else { "ok" };
         if Expect::Code(got) != expected(base.provider, "replay") {
             failures.push(format!("{} / replay: got {got}", base.provider));
@@ -1013,4 +1017,12 @@ fn header_signed_forgeries_end_to_end() {
         }
     }
     assert_eq!(up.count(), forwarded);
+}
+
+/// Runs the (memory-backed, never waiting) replay guard's futures to completion.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
 }

@@ -30,6 +30,7 @@ use crate::providers::{self, BuildError, Provider};
 use expand::{Environment, ProcessEnv};
 use introspect::struct_fields;
 use positions::{Pos, Positions, YPath};
+use secret::Secret;
 
 // ---------------------------------------------------------------------------------------------
 // Validated configuration
@@ -80,8 +81,81 @@ impl Default for Timeouts {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplaySettings {
-    /// Bound on remembered message keys.
+    /// Bound on remembered message keys (with Redis: on the local cache of delivered keys).
     pub max_entries: u64,
+    pub store: ReplayStore,
+    /// What a request meets when the shared store cannot be asked.
+    pub on_store_error: OnStoreError,
+}
+
+impl Default for ReplaySettings {
+    fn default() -> Self {
+        ReplaySettings {
+            max_entries: DEFAULT_MAX_ENTRIES,
+            store: ReplayStore::Memory,
+            on_store_error: OnStoreError::Reject,
+        }
+    }
+}
+
+impl ReplaySettings {
+    /// One line for `check` and the startup log. Never contains a password.
+    pub fn summary(&self) -> String {
+        match &self.store {
+            ReplayStore::Memory => format!("replay memory (max_entries {})", self.max_entries),
+            ReplayStore::Redis(r) => format!(
+                "replay redis {} (prefix {:?}, timeout {}, on_store_error {}, local max_entries {})",
+                r.display,
+                r.prefix,
+                humantime::format_duration(r.timeout),
+                match self.on_store_error {
+                    OnStoreError::Reject => "reject",
+                    OnStoreError::Allow => "allow",
+                },
+                self.max_entries
+            ),
+        }
+    }
+}
+
+/// Where reservations and delivered keys live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayStore {
+    /// In this process (the default): one replica.
+    Memory,
+    /// In Redis, shared by every replica.
+    Redis(RedisSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://[USER:PASSWORD@]HOST[:PORT][/DB]` or `unix:///path`; may hold a password.
+    pub url: Secret,
+    /// The URL without user or password, for logs and `check`.
+    pub display: String,
+    /// Prepended to every key (`hookguard:replay:` by default).
+    pub prefix: String,
+    /// Bound on each Redis call.
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_REDIS_PREFIX: &str = "hookguard:replay:";
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayBackend {
+    Memory,
+    Redis,
+}
+
+/// When the shared store cannot be asked: refuse with 503 (the provider retries later), or
+/// forward without replay protection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    Reject,
+    Allow,
 }
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -250,6 +324,12 @@ struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 struct RawReplay {
     max_entries: Option<u64>,
+    backend: Option<ReplayBackend>,
+    redis_url: Option<Secret>,
+    redis_prefix: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    redis_timeout: Option<Duration>,
+    on_store_error: Option<OnStoreError>,
 }
 
 /// The keys every route has; all other keys of a route belong to its provider.
@@ -580,17 +660,80 @@ impl Loader<'_> {
         if let Some(Value::Mapping(m)) = top.get("replay") {
             self.unknown_keys(m, &path, struct_fields::<RawReplay>(), "`replay`");
         }
-        let max_entries = self
-            .get::<RawReplay>(top, "replay")
-            .and_then(|r| r.max_entries)
-            .unwrap_or(DEFAULT_MAX_ENTRIES);
+        let d = ReplaySettings::default();
+        let Some(raw) = self.get::<RawReplay>(top, "replay") else {
+            return d;
+        };
+        let max_entries = raw.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES);
         if max_entries == 0 {
             self.error_at_value(
                 &path.key("max_entries"),
                 "`replay.max_entries` must be at least 1".into(),
             );
         }
-        ReplaySettings { max_entries }
+        let on_store_error = raw.on_store_error.unwrap_or(d.on_store_error);
+        let store = match raw.backend.unwrap_or(ReplayBackend::Memory) {
+            ReplayBackend::Memory => {
+                for (key, given) in [
+                    ("redis_url", raw.redis_url.is_some()),
+                    ("redis_prefix", raw.redis_prefix.is_some()),
+                    ("redis_timeout", raw.redis_timeout.is_some()),
+                    ("on_store_error", raw.on_store_error.is_some()),
+                ] {
+                    if given {
+                        self.error_at_key(
+                            &path.key(key),
+                            format!("`replay.{key}` applies only with `replay.backend: redis`"),
+                        );
+                    }
+                }
+                ReplayStore::Memory
+            }
+            ReplayBackend::Redis => {
+                let timeout = raw.redis_timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT);
+                if timeout.is_zero() {
+                    self.error_at_value(
+                        &path.key("redis_timeout"),
+                        "`replay.redis_timeout` must be more than 0".into(),
+                    );
+                }
+                let display = match &raw.redis_url {
+                    None => {
+                        self.error_at_value(
+                            &path.key("backend"),
+                            "`replay.backend: redis` needs `replay.redis_url`".into(),
+                        );
+                        None
+                    }
+                    Some(url) => match redacted_redis_url(url.expose()) {
+                        Some(display) => Some(display),
+                        None => {
+                            self.error_at_value(
+                                &path.key("redis_url"),
+                                "`replay.redis_url`: not a Redis URL like redis://[:PASSWORD@]HOST[:PORT][/DB] or unix:///path/to/redis.sock (value not shown: it may hold a password)".into(),
+                            );
+                            None
+                        }
+                    },
+                };
+                match (raw.redis_url, display) {
+                    (Some(url), Some(display)) => ReplayStore::Redis(RedisSettings {
+                        url,
+                        display,
+                        prefix: raw
+                            .redis_prefix
+                            .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned()),
+                        timeout,
+                    }),
+                    _ => ReplayStore::Memory,
+                }
+            }
+        };
+        ReplaySettings {
+            max_entries,
+            store,
+            on_store_error,
+        }
     }
 
     fn routes(
@@ -751,6 +894,16 @@ impl Loader<'_> {
 
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A Redis URL without its user and password (`redis://HOST:PORT/DB`), if it parses.
+fn redacted_redis_url(url: &str) -> Option<String> {
+    let client = redis::Client::open(url).ok()?;
+    let info = client.get_connection_info();
+    Some(match &info.addr {
+        redis::ConnectionAddr::Unix(path) => format!("unix://{}", path.display()),
+        addr => format!("redis://{addr}/{}", info.redis.db),
+    })
 }
 
 /// `http://HOST[:PORT]`, resolved now.

@@ -247,6 +247,113 @@ fn the_shipped_config_is_valid() {
     load_str(text, "config.yaml", &super::expand::ProcessEnv).unwrap_or_else(|e| panic!("{e}"));
 }
 
+const ROUTE: &str = r#"
+upstream: "http://127.0.0.1:3000"
+routes:
+  - name: mg
+    path: /mg
+    provider: mailgun
+    secrets: [k]
+"#;
+
+#[test]
+fn replay_defaults_to_memory() {
+    let c = load(ROUTE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.replay, ReplaySettings::default());
+    assert_eq!(c.replay.store, ReplayStore::Memory);
+    assert!(c.replay.summary().starts_with("replay memory"));
+}
+
+#[test]
+fn replay_redis_settings_load_and_never_show_the_password() {
+    let text = format!(
+        "replay:\n  backend: redis\n  redis_url: \"${{REDIS_URL}}\"\n  redis_prefix: \"hg:\"\n  redis_timeout: 250ms\n  on_store_error: allow\n  max_entries: 50\n{ROUTE}"
+    );
+    let env = Env(HashMap::from([(
+        "REDIS_URL",
+        "redis://:SECRETVALUE@10.0.0.7:6380/3",
+    )]));
+    let c = load_str(&text, "test.yaml", &env).unwrap_or_else(|e| panic!("{e}"));
+    let ReplayStore::Redis(r) = &c.replay.store else {
+        panic!("redis backend expected");
+    };
+    assert_eq!(r.url.expose(), "redis://:SECRETVALUE@10.0.0.7:6380/3");
+    assert_eq!(r.display, "redis://10.0.0.7:6380/3");
+    assert_eq!(r.prefix, "hg:");
+    assert_eq!(r.timeout, Duration::from_millis(250));
+    assert_eq!(c.replay.on_store_error, OnStoreError::Allow);
+    assert_eq!(c.replay.max_entries, 50);
+    let summary = c.replay.summary();
+    assert!(summary.contains("redis://10.0.0.7:6380/3"), "{summary}");
+    assert!(!summary.contains("SECRETVALUE"));
+    assert!(!format!("{:?}", c.replay).contains("SECRETVALUE"));
+
+    let c = load(&format!(
+        "replay:\n  backend: redis\n  redis_url: redis://localhost\n{ROUTE}"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ReplayStore::Redis(r) = &c.replay.store else {
+        panic!("redis backend expected");
+    };
+    assert_eq!(r.prefix, DEFAULT_REDIS_PREFIX);
+    assert_eq!(r.timeout, DEFAULT_REDIS_TIMEOUT);
+    assert_eq!(c.replay.on_store_error, OnStoreError::Reject);
+}
+
+#[test]
+fn replay_errors_are_positioned_and_redacted() {
+    let errs = errors(&format!("replay:\n  backend: redis\n{ROUTE}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("test.yaml:2:12: `replay.backend: redis` needs `replay.redis_url`"),
+        "{errs:?}"
+    );
+
+    let errs = errors(&format!(
+        "replay:\n  redis_url: redis://h\n  on_store_error: allow\n{ROUTE}"
+    ));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].contains(
+            "test.yaml:2:3: `replay.redis_url` applies only with `replay.backend: redis`"
+        ),
+        "{errs:?}"
+    );
+
+    let errs = errors(&format!(
+        "replay:\n  backend: redis\n  redis_url: \"ftp://user:SECRETVALUE@h\"\n  redis_timeout: 0s\n  on_store_error: maybe\n{ROUTE}"
+    ));
+    let all = errs.join("\n");
+    assert!(!all.contains("SECRETVALUE"), "{all}");
+    assert!(
+        all.contains("test.yaml:5:19: `replay.on_store_error`"),
+        "{all}"
+    );
+
+    // A redis_url that is not even a string: the value is not echoed either.
+    let errs = errors(&format!(
+        "replay:\n  backend: redis\n  redis_url: [SECRETVALUE]\n{ROUTE}"
+    ));
+    let all = errs.join("\n");
+    assert!(!all.contains("SECRETVALUE"), "{all}");
+    assert!(all.contains("`replay.redis_url`"), "{all}");
+
+    let errs = errors(&format!(
+        "replay:\n  backend: redis\n  redis_url: \"ftp://user:SECRETVALUE@h\"\n  redis_timeout: 0s\n{ROUTE}"
+    ));
+    let all = errs.join("\n");
+    assert_eq!(errs.len(), 2, "{all}");
+    assert!(!all.contains("SECRETVALUE"), "{all}");
+    assert!(
+        all.contains("test.yaml:3:14: `replay.redis_url`: not a Redis URL"),
+        "{all}"
+    );
+    assert!(
+        all.contains("test.yaml:4:18: `replay.redis_timeout` must be more than 0"),
+        "{all}"
+    );
+}
+
 #[test]
 fn expanded_values_never_appear_in_errors() {
     // Found by fuzz/fuzz_targets/config.rs: a misindented route merged `secrets:` into the

@@ -240,7 +240,7 @@ pub fn lookup(name: &str) -> Option<&'static ProviderEntry> {
 }
 
 /// Option keys whose values are secret material: errors about them never show the value.
-pub const SECRET_KEYS: &[&str] = &["secrets", "secret", "password", "public_key"];
+pub const SECRET_KEYS: &[&str] = &["secrets", "secret", "password", "public_key", "redis_url"];
 
 // ---- helpers shared by providers ----
 

@@ -55,24 +55,29 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// Fails only if the replay store's client thread cannot be started.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> std::io::Result<Arc<Self>> {
         let t = &config.timeouts;
         // A reservation lives while its request is in flight; this bounds it should its
         // holder ever vanish.
         let in_flight_ttl = t.upstream_connect + t.upstream_read * 2 + Duration::from_secs(10);
-        let replay = Arc::new(ReplayGuard::new(config.replay.max_entries, in_flight_ttl));
+        let replay = Arc::new(ReplayGuard::with_settings(
+            &config.replay,
+            in_flight_ttl,
+            metrics.replay_store_errors.clone(),
+        )?);
         let snapshot = Snapshot {
             metrics: metrics.for_config(&config),
             config,
         };
-        Arc::new(Gateway {
+        Ok(Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             replay,
             metrics,
             upstream: UpstreamClient::new(256),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-        })
+        }))
     }
 
     /// The config new requests use.
@@ -346,8 +351,9 @@ async fn handle(
         .await;
     }
 
-    let Ok(reservation) = gw.replay.reserve(&route.name, &verified.replay_key) else {
-        return reject(session, report, Rejection::Replayed).await;
+    let reservation = match gw.replay.reserve(&route.name, &verified.replay_key).await {
+        Ok(r) => r,
+        Err(refused) => return reject(session, report, refused.rejection()).await,
     };
 
     let delivered = deliver(gw, config, &route, session, &body, &verified).await;
@@ -356,7 +362,7 @@ async fn handle(
     let exchange = match delivered {
         Ok(x) => x,
         Err(r) => {
-            drop(reservation);
+            reservation.release().await;
             return reject(session, report, r).await;
         }
     };
@@ -364,7 +370,7 @@ async fn handle(
         m.upstream.observe(exchange.waited.as_secs_f64());
     }
     let Some(upstream_header) = exchange.session.resp_header() else {
-        drop(reservation);
+        reservation.release().await;
         return reject(session, report, Rejection::UpstreamUnavailable).await;
     };
     let status = upstream_header.status.as_u16();
@@ -372,9 +378,9 @@ async fn handle(
     // The upstream has the message: 2xx means delivered, anything else frees the key for the
     // provider's retry.
     if (200..300).contains(&status) {
-        reservation.commit(verified.remember_for);
+        reservation.commit(verified.remember_for).await;
     } else {
-        drop(reservation);
+        reservation.release().await;
     }
     report.settle(Outcome::Forwarded, status);
     relay_response(gw, session, exchange, response).await

@@ -1,0 +1,326 @@
+//! The Redis backend against a real Redis: two guards on one Redis stand for two replicas.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+
+use super::*;
+use crate::config::secret::Secret;
+use crate::config::{RedisSettings, ReplaySettings, ReplayStore};
+
+#[path = "../../tests/common/redis_server.rs"]
+mod redis_server;
+use redis_server::{unique_prefix, TestRedis};
+
+fn settings(url: &str, prefix: &str, on_error: OnStoreError, timeout: Duration) -> ReplaySettings {
+    ReplaySettings {
+        max_entries: 1000,
+        store: ReplayStore::Redis(RedisSettings {
+            url: Secret::new(url),
+            display: "test".into(),
+            prefix: prefix.to_owned(),
+            timeout,
+        }),
+        on_store_error: on_error,
+    }
+}
+
+/// A guard on `url`, connected (or given up on after a few seconds when `connected` is false).
+async fn guard_on(
+    url: &str,
+    prefix: &str,
+    on_error: OnStoreError,
+    in_flight: Duration,
+    connected: bool,
+) -> Arc<ReplayGuard> {
+    let g = ReplayGuard::with_settings(
+        &settings(url, prefix, on_error, Duration::from_millis(400)),
+        in_flight,
+        crate::metrics::Metrics::store_error_counter(),
+    )
+    .expect("guard");
+    if connected {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while g.store_connected() != Some(true) {
+            assert!(Instant::now() < deadline, "guard did not connect to {url}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Arc::new(g)
+}
+
+async fn pair(
+    r: &TestRedis,
+    prefix: &str,
+    in_flight: Duration,
+) -> (Arc<ReplayGuard>, Arc<ReplayGuard>) {
+    (
+        guard_on(&r.url, prefix, OnStoreError::Reject, in_flight, true).await,
+        guard_on(&r.url, prefix, OnStoreError::Reject, in_flight, true).await,
+    )
+}
+
+fn errors(g: &ReplayGuard, op: &str) -> u64 {
+    g.store_errors.with_label_values(&[op]).get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_reservations_releases_and_deliveries() {
+    let Some(r) = TestRedis::shared("replicas_share_reservations_releases_and_deliveries") else {
+        return;
+    };
+    let prefix = unique_prefix("share");
+    let (a, b) = pair(&r, &prefix, Duration::from_secs(60)).await;
+
+    let first = a.reserve("mg", "tok-1").await.expect("free key");
+    assert_eq!(
+        b.reserve("mg", "tok-1").await.err(),
+        Some(Refused::Replayed),
+        "in flight on a"
+    );
+    first.release().await; // the upstream failed through a
+    let retry = b
+        .reserve("mg", "tok-1")
+        .await
+        .expect("the retry through b passes");
+    assert_eq!(
+        a.reserve("mg", "tok-1").await.err(),
+        Some(Refused::Replayed)
+    );
+    retry.commit(Duration::from_secs(60)).await;
+    assert_eq!(
+        a.reserve("mg", "tok-1").await.err(),
+        Some(Refused::Replayed),
+        "delivered via b"
+    );
+    assert_eq!(
+        b.reserve("mg", "tok-1").await.err(),
+        Some(Refused::Replayed)
+    );
+    // Routes stay separate namespaces.
+    assert!(a.reserve("other", "tok-1").await.is_ok());
+    assert_eq!(errors(&a, "reserve") + errors(&b, "commit"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_namespaced_digests_holding_a_nonce_then_delivered() {
+    let Some(r) = TestRedis::shared("keys_are_namespaced_digests_holding_a_nonce_then_delivered")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("keys");
+    let (a, _) = pair(&r, &prefix, Duration::from_secs(60)).await;
+    let res = a.reserve("mg", "tok-keys").await.expect("free key");
+    let mut conn = r.conn();
+    let keys: Vec<String> = conn.keys(format!("{prefix}*")).expect("KEYS");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = &keys[0];
+    let digest = key.strip_prefix(&prefix).expect("prefixed");
+    assert_eq!(digest.len(), 32, "128-bit hex digest: {key}");
+    assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()));
+    let nonce: String = conn.get(key).expect("GET");
+    assert_ne!(nonce, "delivered");
+    let pttl: i64 = conn.pttl(key).expect("PTTL");
+    assert!(pttl > 0 && pttl <= 60_000, "in-flight TTL: {pttl}");
+
+    res.commit(Duration::from_secs(3600)).await;
+    let value: String = conn.get(key).expect("GET");
+    assert_eq!(value, "delivered");
+    let pttl: i64 = conn.pttl(key).expect("PTTL");
+    assert!(pttl > 60_000 && pttl <= 3_600_000, "full TTL: {pttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_holder_can_neither_free_nor_commit_a_newer_reservation() {
+    let Some(r) =
+        TestRedis::shared("a_stale_holder_can_neither_free_nor_commit_a_newer_reservation")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("stale");
+    let (a, b) = pair(&r, &prefix, Duration::from_millis(300)).await;
+    let old_release = a.reserve("mg", "k1").await.expect("free");
+    let old_commit = a.reserve("mg", "k2").await.expect("free");
+    tokio::time::sleep(Duration::from_millis(700)).await; // the in-flight TTL lapses in Redis
+    let new1 = b.reserve("mg", "k1").await.expect("lapsed: free again");
+    let new2 = b.reserve("mg", "k2").await.expect("lapsed: free again");
+
+    old_release.release().await;
+    assert_eq!(
+        b.reserve("mg", "k1").await.err(),
+        Some(Refused::Replayed),
+        "b still holds k1"
+    );
+    old_commit.commit(Duration::from_secs(60)).await;
+    // a remembers its own delivery locally; in Redis, b's reservation was left alone.
+    let mut conn = r.conn();
+    let keys: Vec<String> = conn.keys(format!("{prefix}*")).expect("KEYS");
+    for k in &keys {
+        let v: String = conn.get(k).expect("GET");
+        assert_ne!(
+            v, "delivered",
+            "a stale commit overwrote a newer reservation"
+        );
+    }
+    new2.release().await;
+    assert!(b.reserve("mg", "k2").await.is_ok(), "b's release freed k2");
+    drop(new1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_keys_expire_and_the_local_cache_answers_first() {
+    let Some(r) = TestRedis::shared("delivered_keys_expire_and_the_local_cache_answers_first")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("ttl");
+    let (a, b) = pair(&r, &prefix, Duration::from_secs(60)).await;
+    a.reserve("mg", "short")
+        .await
+        .unwrap()
+        .commit(Duration::from_millis(300))
+        .await;
+    assert!(b.reserve("mg", "short").await.is_err());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    b.reserve("mg", "short")
+        .await
+        .expect("expired in Redis")
+        .commit(Duration::from_secs(60))
+        .await;
+
+    // Delivered through a: a refuses from its local cache even when Redis forgot the key.
+    a.reserve("mg", "local")
+        .await
+        .unwrap()
+        .commit(Duration::from_secs(60))
+        .await;
+    let mut conn = r.conn();
+    let keys: Vec<String> = conn.keys(format!("{prefix}*")).expect("KEYS");
+    let _: () = conn.del(keys).expect("DEL");
+    assert_eq!(
+        a.reserve("mg", "local").await.err(),
+        Some(Refused::Replayed)
+    );
+    assert!(
+        b.reserve("mg", "local").await.is_ok(),
+        "b asks Redis, which forgot"
+    );
+    assert!(!a.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_reservation_is_released_in_the_background() {
+    let Some(r) = TestRedis::shared("a_dropped_reservation_is_released_in_the_background") else {
+        return;
+    };
+    let prefix = unique_prefix("drop");
+    let (a, b) = pair(&r, &prefix, Duration::from_secs(60)).await;
+    drop(a.reserve("mg", "dropped").await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match b.reserve("mg", "dropped").await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e, Refused::Replayed);
+                assert!(Instant::now() < deadline, "the drop never released the key");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_rejects_or_allows_as_configured() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let url = format!("redis://127.0.0.1:{port}");
+    let in_flight = Duration::from_secs(60);
+    let reject = guard_on(&url, "x:", OnStoreError::Reject, in_flight, false).await;
+    let allow = guard_on(&url, "x:", OnStoreError::Allow, in_flight, false).await;
+    let started = Instant::now();
+    assert_eq!(
+        reject.reserve("mg", "k").await.err(),
+        Some(Refused::StoreUnavailable)
+    );
+    let res = allow
+        .reserve("mg", "k")
+        .await
+        .expect("allow forwards unprotected");
+    assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+    res.commit(Duration::from_secs(60)).await;
+    assert_eq!(errors(&reject, "reserve"), 1);
+    assert_eq!(errors(&allow, "reserve"), 1);
+    assert_eq!(errors(&allow, "commit"), 1);
+    // The delivery is remembered locally all the same.
+    assert_eq!(
+        allow.reserve("mg", "k").await.err(),
+        Some(Refused::Replayed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_store_times_out_and_recovers() {
+    let Some(mut r) = TestRedis::private("a_hung_store_times_out_and_recovers") else {
+        return;
+    };
+    let prefix = unique_prefix("hung");
+    let a = guard_on(
+        &r.url,
+        &prefix,
+        OnStoreError::Reject,
+        Duration::from_secs(60),
+        true,
+    )
+    .await;
+    a.reserve("mg", "before")
+        .await
+        .expect("up")
+        .commit(Duration::from_secs(60))
+        .await;
+
+    r.pause(true);
+    let started = Instant::now();
+    assert_eq!(
+        a.reserve("mg", "during").await.err(),
+        Some(Refused::StoreUnavailable)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by redis_timeout: {:?}",
+        started.elapsed()
+    );
+    r.pause(false);
+
+    // Back: the key the failed attempt may have taken is freed, and requests pass again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match a.reserve("mg", "during").await {
+            Ok(res) => {
+                res.commit(Duration::from_secs(60)).await;
+                break;
+            }
+            Err(_) => {
+                assert!(Instant::now() < deadline, "no recovery after SIGCONT");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    // Killed and restarted (empty): the ConnectionManager reconnects by itself.
+    r.stop();
+    assert_eq!(
+        a.reserve("mg", "down").await.err(),
+        Some(Refused::StoreUnavailable)
+    );
+    r.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.reserve("mg", "after-restart").await.is_err() {
+        assert!(Instant::now() < deadline, "no reconnect after a restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(errors(&a, "reserve") >= 2);
+}

@@ -1,0 +1,165 @@
+//! A Redis for tests (used by the unit tests in `src/replay` too, through `#[path]`).
+//!
+//! - `HOOKGUARD_TEST_REDIS_URL` set (CI sets it): that Redis, which must answer: a test that
+//!   needs it fails rather than skips when it does not.
+//! - unset: a private `redis-server` on a free loopback port, if the binary is on PATH;
+//! - neither: `None`, and the caller skips with a message on the terminal (not captured).
+//!
+//! Tests that stop or pause Redis always get a private one ([`TestRedis::private`]).
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const URL_ENV: &str = "HOOKGUARD_TEST_REDIS_URL";
+
+pub struct TestRedis {
+    pub url: String,
+    pub port: Option<u16>,
+    child: Option<Child>,
+}
+
+impl TestRedis {
+    /// CI's Redis, or a private one; `None` (after a loud message) when there is neither.
+    pub fn shared(test: &str) -> Option<TestRedis> {
+        if let Ok(url) = std::env::var(URL_ENV) {
+            if let Err(e) = wait_for_ping(&url, Duration::from_secs(10)) {
+                panic!("{URL_ENV}={url} is set but Redis does not answer: {e}");
+            }
+            return Some(TestRedis {
+                url,
+                port: None,
+                child: None,
+            });
+        }
+        Self::private(test)
+    }
+
+    /// A private `redis-server` this test may stop, pause and restart.
+    pub fn private(test: &str) -> Option<TestRedis> {
+        if !on_path("redis-server") {
+            if std::env::var(URL_ENV).is_ok() {
+                panic!("{URL_ENV} is set (CI) but `redis-server` is not on PATH: {test} needs its own instance");
+            }
+            skip(test);
+            return None;
+        }
+        let port = free_port();
+        let mut r = TestRedis {
+            url: format!("redis://127.0.0.1:{port}"),
+            port: Some(port),
+            child: None,
+        };
+        r.start();
+        Some(r)
+    }
+
+    /// (Re)starts the private server on its port.
+    pub fn start(&mut self) {
+        let port = self.port.expect("a private redis-server");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        if let Err(e) = wait_for_ping(&self.url, Duration::from_secs(15)) {
+            panic!("private redis-server on port {port} did not come up: {e}");
+        }
+    }
+
+    /// Kills the private server (the port stays reserved for [`start`](Self::start)).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT: a Redis that accepts nothing and answers nothing.
+    pub fn pause(&self, paused: bool) {
+        let pid = self.child.as_ref().expect("a private redis-server").id();
+        let sig = if paused { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// A synchronous connection for inspecting keys.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+            .expect("connect to test Redis")
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A paused server would not die of SIGKILL any slower, but be tidy.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.stop();
+    }
+}
+
+/// A key prefix no other test (or test run) uses.
+pub fn unique_prefix(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("hgtest:{test}:{}:{nanos:x}:", std::process::id())
+}
+
+fn skip(test: &str) {
+    // Straight to the terminal: libtest captures print!/eprint! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED {test}: no {URL_ENV} and no `redis-server` on PATH; install redis-server (apt-get install redis-server) to run it ***\n"
+    );
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file()))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("an ephemeral port")
+}
+
+fn wait_for_ping(url: &str, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let pong = redis::Client::open(url)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        match pong {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(last)
+}
