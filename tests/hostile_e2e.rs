@@ -342,7 +342,6 @@ fn normal_client(port: u16, busy: Arc<AtomicBool>) -> std::thread::JoinHandle<us
 /// header as a whole cuts them off; it must come within `keepalive + client_read` (plus a
 /// margin), while a normal client keeps being served.
 #[test]
-#[ignore = "waiting on header deadline"]
 fn slow_loris_headers_are_cut_off_while_others_are_served() {
     let up = Upstream::start();
     let proxy = timed_proxy(&up, 4096);
