@@ -41,7 +41,11 @@ fn filled(n: u64) -> Arc<ReplayGuard> {
     let guard = Arc::new(ReplayGuard::new(1_000_000, IN_FLIGHT));
     let mut keys = Keys::new(0xfff);
     for _ in 0..n {
-        ready(ready(guard.reserve("mailgun", keys.next())).unwrap().commit(TTL));
+        ready(
+            ready(guard.reserve("mailgun", keys.next()))
+                .unwrap()
+                .commit(TTL),
+        );
     }
     guard.len();
     guard

@@ -11,7 +11,7 @@ use common::*;
 /// A Mailgun route on `upstream` with the Redis backend; the URL comes in through `${ENV}`.
 fn redis_proxy(upstream: &Upstream, url: &str, prefix: &str, on_error: &str) -> Proxy {
     let top = format!(
-        "timeouts:\n  upstream_read: 3s\nreplay:\n  backend: redis\n  redis_url: \"${{HG_TEST_REDIS}}\"\n  redis_prefix: \"{prefix}\"\n  redis_timeout: 300ms\n  on_store_error: {on_error}\n"
+        "timeouts:\n  upstream_read: 3s\nreplay:\n  backend: redis\n  redis_url: \"${{HG_TEST_REDIS}}\"\n  redis_prefix: \"{prefix}\"\n  redis_timeout: 2s\n  on_store_error: {on_error}\n"
     );
     Proxy::start_with(
         &mailgun_config(upstream, &top, ""),

@@ -35,7 +35,7 @@ async fn guard_on(
     connected: bool,
 ) -> Arc<ReplayGuard> {
     let g = ReplayGuard::with_settings(
-        &settings(url, prefix, on_error, Duration::from_millis(400)),
+        &settings(url, prefix, on_error, Duration::from_secs(2)),
         in_flight,
         crate::metrics::Metrics::store_error_counter(),
     )
@@ -250,7 +250,7 @@ async fn an_unreachable_store_rejects_or_allows_as_configured() {
         .reserve("mg", "k")
         .await
         .expect("allow forwards unprotected");
-    assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+    assert!(started.elapsed() < Duration::from_secs(10), "fails fast");
     res.commit(Duration::from_secs(60)).await;
     assert_eq!(errors(&reject, "reserve"), 1);
     assert_eq!(errors(&allow, "reserve"), 1);
@@ -289,7 +289,7 @@ async fn a_hung_store_times_out_and_recovers() {
         Some(Refused::StoreUnavailable)
     );
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(10),
         "bounded by redis_timeout: {:?}",
         started.elapsed()
     );
