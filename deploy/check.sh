@@ -169,6 +169,7 @@ mapfile -t MANIFESTS < <(find deploy/kubernetes -name '*.yaml' ! -name kustomiza
 # 1.30: the oldest version these manifests support (lifecycle.preStop.sleep); and the newest
 # schema kubernetes-validate bundles.
 NEWEST_K8S=$(kubernetes-validate --help | sed -n 's/.*Defaults to \([0-9.]*\).*/\1/p' | head -n1)
+NEWEST_K8S=${NEWEST_K8S:-1.37.0}
 for v in 1.30.0 "$NEWEST_K8S"; do
   run "kubernetes-validate --strict -k $v (${#MANIFESTS[@]} manifests)" \
     kubernetes-validate --strict --quiet -k "$v" "${MANIFESTS[@]}"

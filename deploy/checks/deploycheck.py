@@ -88,11 +88,26 @@ def parse_duration(text):
 
 
 def config_refs(text):
-    """The ${NAME} and ${file:/path} references of a hookguard config (not $${...})."""
+    """The ${NAME} and ${file:/path} references of a hookguard config (not $${...}). Like
+    hookguard, it looks at the parsed YAML's string values only, not at comments."""
     env, files = [], []
-    for m in re.finditer(r"(?<!\$)\$\{([^}]*)\}", text):
-        ref = m.group(1)
-        (files if ref.startswith("file:") else env).append(ref[5:] if ref.startswith("file:") else ref)
+
+    def walk(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str):
+            for m in re.finditer(r"(?<!\$)\$\{([^}]*)\}", v):
+                ref = m.group(1)
+                if ref.startswith("file:"):
+                    files.append(ref[len("file:"):])
+                else:
+                    env.append(ref)
+
+    walk(yaml.safe_load(text))
     return env, files
 
 
