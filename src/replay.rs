@@ -309,6 +309,54 @@ impl Drop for Reservation {
     }
 }
 
+/// The keys of one delivery attempt, held together: the provider's delivery id and, for
+/// providers whose id is unsigned, an identity made of signed values (see
+/// `providers::Verified::signed_key`). Either both are reserved or neither is.
+pub struct Reservations {
+    primary: Reservation,
+    signed: Option<Reservation>,
+}
+
+impl ReplayGuard {
+    /// Reserves `key` and, when given, `signed_key` of `route` for one delivery attempt.
+    pub async fn reserve_delivery(
+        self: &Arc<Self>,
+        route: &str,
+        key: &str,
+        signed_key: Option<&str>,
+    ) -> Result<Reservations, Refused> {
+        let primary = self.reserve(route, key).await?;
+        let signed = match signed_key {
+            None => None,
+            // Its own namespace: no delivery id can collide with a signature.
+            Some(k) => match self.reserve(&format!("{route}\0signed"), k).await {
+                Ok(r) => Some(r),
+                Err(refused) => {
+                    primary.release().await;
+                    return Err(refused);
+                }
+            },
+        };
+        Ok(Reservations { primary, signed })
+    }
+}
+
+impl Reservations {
+    pub async fn commit(self, remember_for: Duration) {
+        if let Some(s) = self.signed {
+            s.commit(remember_for).await;
+        }
+        self.primary.commit(remember_for).await;
+    }
+
+    pub async fn release(self) {
+        if let Some(s) = self.signed {
+            s.release().await;
+        }
+        self.primary.release().await;
+    }
+}
+
 /// 128 bits of SHA-256 over route and key: collisions are out of reach, and a key of any
 /// length costs 16 bytes of memory.
 fn digest(route: &str, key: &str) -> Key {

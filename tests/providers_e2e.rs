@@ -568,3 +568,45 @@ fn twilio_json_bodies_are_signed_through_the_url_and_mandrill_head_probes_are_an
     assert_eq!(c.read_head_response().unwrap().status, 405);
     assert_eq!(up.count(), 1);
 }
+
+/// GitHub, Shopify and Twilio name a delivery with a header they do not sign. A captured
+/// request resent under a fresh id must still be refused; the provider's own retry (same id,
+/// same signature) after a failed delivery must pass.
+#[test]
+fn a_captured_delivery_resent_under_a_new_unsigned_id_is_refused() {
+    let up = Upstream::start();
+    up.script([Reply::Status(500, "{}")]);
+    let proxy = providers_proxy(&up);
+    let body = event(&token());
+    let sig = format!(
+        "sha256={}",
+        hex::encode(hmac256(GITHUB_KEY.as_bytes(), &[&body]))
+    );
+    let send = |delivery: &str| {
+        post(
+            proxy.port,
+            "/github",
+            &[
+                JSON,
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", delivery),
+                ("X-Hub-Signature-256", sig.as_str()),
+            ],
+            &body,
+        )
+    };
+    assert_eq!(
+        send("d-original").status,
+        500,
+        "first attempt fails upstream"
+    );
+    assert_eq!(
+        send("d-original").status,
+        200,
+        "GitHub's retry passes: both keys were released"
+    );
+    rejected(&send("d-original"), 409, "replayed");
+    rejected(&send("d-attacker-chose-this"), 409, "replayed");
+    assert_eq!(up.count(), 2);
+    assert_eq!(up.received()[1].header("x-webhook-id"), Some("d-original"));
+}

@@ -126,6 +126,7 @@ impl Provider for BasicAuth {
             timestamp: None,
             remember_for: self.ttl,
             answer: None,
+            signed_key: None,
         })
     }
 

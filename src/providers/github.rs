@@ -72,6 +72,7 @@ impl Provider for GitHub {
             timestamp: None,
             remember_for: self.ttl,
             answer: None,
+            signed_key: delivery.map(|_| hex::encode(&sig)),
         })
     }
 

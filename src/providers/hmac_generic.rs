@@ -353,6 +353,7 @@ impl Provider for GenericHmac {
                 None => self.ttl,
             },
             answer: None,
+            signed_key: None,
         })
     }
 

@@ -60,6 +60,7 @@ impl Provider for Intercom {
             timestamp: None,
             remember_for: self.ttl,
             answer: None,
+            signed_key: None,
         })
     }
 

@@ -79,6 +79,7 @@ impl Provider for Linear {
             timestamp: Some(ts),
             remember_for: remember_until_stale(ts + 1, now, self.tolerance),
             answer: None,
+            signed_key: None,
         })
     }
 

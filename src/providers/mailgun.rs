@@ -81,6 +81,7 @@ impl Provider for Mailgun {
             timestamp: Some(timestamp),
             remember_for: remember_until_stale(timestamp, now, self.tolerance),
             answer: None,
+            signed_key: None,
         })
     }
 

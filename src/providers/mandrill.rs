@@ -104,6 +104,7 @@ impl Provider for Mandrill {
             timestamp: None,
             remember_for: self.ttl,
             answer: None,
+            signed_key: None,
         })
     }
 

@@ -69,6 +69,11 @@ pub struct Verified {
     /// When set, hookguard answers the request itself instead of forwarding it (a provider's
     /// endpoint-validation challenge, such as Zoom's `endpoint.url_validation`).
     pub answer: Option<Answer>,
+    /// A second replay identity made of signed values only, for providers whose delivery id
+    /// (`replay_key`) is a header they do not sign and who sign no timestamp: without it, a
+    /// captured request resent under a fresh id would pass. A provider's own retry carries
+    /// the same id and the same signature, so both identities agree for it.
+    pub signed_key: Option<String>,
 }
 
 /// A response hookguard gives on the provider's behalf to a verified request.

@@ -83,6 +83,7 @@ impl Provider for Paddle {
             timestamp: Some(ts),
             remember_for: remember_until_stale(ts, now, self.tolerance),
             answer: None,
+            signed_key: None,
         })
     }
 

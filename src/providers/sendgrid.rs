@@ -107,6 +107,7 @@ impl Provider for SendGrid {
             timestamp: Some(ts),
             remember_for: remember_until_stale(ts, now, self.tolerance),
             answer: None,
+            signed_key: None,
         })
     }
 

@@ -66,6 +66,7 @@ impl Provider for Shopify {
             timestamp: None,
             remember_for: self.ttl,
             answer: None,
+            signed_key: id.map(|_| base64(&sig)),
         })
     }
 

@@ -64,6 +64,7 @@ impl Provider for Slack {
             timestamp: Some(ts),
             remember_for: remember_until_stale(ts, now, self.tolerance),
             answer: None,
+            signed_key: None,
         })
     }
 

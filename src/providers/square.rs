@@ -77,6 +77,7 @@ impl Provider for Square {
             timestamp: None,
             remember_for: self.ttl,
             answer: None,
+            signed_key: None,
         })
     }
 

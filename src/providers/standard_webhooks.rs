@@ -117,6 +117,7 @@ impl Provider for StandardWebhooks {
             timestamp: Some(ts),
             remember_for: remember_until_stale(ts, now, self.tolerance),
             answer: None,
+            signed_key: None,
         })
     }
 

@@ -86,6 +86,7 @@ impl Provider for Stripe {
             timestamp: Some(t),
             remember_for: remember_until_stale(t, now, self.tolerance),
             answer: None,
+            signed_key: None,
         })
     }
 

@@ -216,6 +216,7 @@ impl Provider for Twilio {
             timestamp: None,
             remember_for: self.ttl,
             answer: None,
+            signed_key: token.map(|_| base64(&sig)),
         })
     }
 

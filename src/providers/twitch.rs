@@ -78,6 +78,7 @@ impl Provider for Twitch {
             timestamp: Some(ts),
             remember_for: remember_until_stale(ts, now, self.tolerance),
             answer: None,
+            signed_key: None,
         })
     }
 

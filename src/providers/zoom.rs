@@ -73,6 +73,7 @@ impl Provider for Zoom {
             timestamp: Some(ts),
             remember_for: remember_until_stale(ts, now, self.tolerance),
             answer: url_validation(body, secret),
+            signed_key: None,
         })
     }
 

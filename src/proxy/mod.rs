@@ -351,7 +351,15 @@ async fn handle(
         .await;
     }
 
-    let reservation = match gw.replay.reserve(&route.name, &verified.replay_key).await {
+    let reserved = gw
+        .replay
+        .reserve_delivery(
+            &route.name,
+            &verified.replay_key,
+            verified.signed_key.as_deref(),
+        )
+        .await;
+    let reservation = match reserved {
         Ok(r) => r,
         Err(refused) => return reject(session, report, refused.rejection()).await,
     };
