@@ -5,12 +5,13 @@
 
 mod common;
 
+use common::Clock;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hookguard::body::Body;
 use hookguard::normalize;
 use std::hint::black_box;
 
-fn normalize(c: &mut Criterion) {
+fn normalize(c: &mut Criterion<Clock>) {
     let multipart_type = common::multipart_type();
     let mut group = c.benchmark_group("normalize");
     for &(label, size) in common::SIZES {
@@ -39,5 +40,9 @@ fn normalize(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, normalize);
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = normalize
+}
 criterion_main!(benches);

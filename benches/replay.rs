@@ -4,10 +4,13 @@
 //!
 //!     cargo bench --bench replay
 
+mod common;
+
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Clock;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use hookguard::replay::ReplayGuard;
 use std::hint::black_box;
@@ -51,7 +54,7 @@ fn filled(n: u64) -> Arc<ReplayGuard> {
     guard
 }
 
-fn replay(c: &mut Criterion) {
+fn replay(c: &mut Criterion<Clock>) {
     let mut group = c.benchmark_group("replay");
     for (label, preload) in [("empty", 0u64), ("1M-keys", 1_000_000)] {
         let guard = filled(preload);
@@ -86,5 +89,9 @@ fn ready<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
-criterion_group!(benches, replay);
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = replay
+}
 criterion_main!(benches);

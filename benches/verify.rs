@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::Clock;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hookguard::body::Body;
 use hookguard::normalize;
@@ -25,7 +26,7 @@ fn verify_once(provider: &dyn Provider, headers: &HeaderMap, body: &Body) {
     black_box(verified.ok());
 }
 
-fn verify(c: &mut Criterion) {
+fn verify(c: &mut Criterion<Clock>) {
     let provider = common::provider();
     let headers = HeaderMap::new();
     let multipart_type = common::multipart_type();
@@ -79,5 +80,9 @@ fn verify(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verify);
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = verify
+}
 criterion_main!(benches);

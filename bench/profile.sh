@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Profiles hookguard (threads 1) under the benchmark's load: nginx `return 200` upstream, wrk
+# with uniquely signed ~1 KiB Mailgun form bodies, `perf record` on the hookguard process.
+#
+#   bench/profile.sh [--seconds N] [--binary PATH] [--log-level LEVEL] [--out DIR]
+#
+# perf samples on `cpu-clock` (a software timer: works in VMs without hardware counters) and
+# unwinds with DWARF (.eh_frame), so the plain release binary gives call chains; for inlined
+# frames and source lines build one with debug info in a separate target directory, e.g.
+#   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_TARGET_DIR=/tmp/hg-prof \
+#       cargo build --release --bin hookguard
+# and pass --binary /tmp/hg-prof/release/hookguard. Without perf (`perf stat true` fails), use
+# valgrind --tool=callgrind instead (see bench/README.md).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH="$ROOT/bench"
+SECONDS_=10
+BINARY=""
+LOG_LEVEL=""
+OUTDIR="$BENCH/results/profile-$(date +%Y%m%d-%H%M%S)"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) SECONDS_=$2; shift ;;
+        --binary) BINARY=$2; shift ;;
+        --log-level) LOG_LEVEL=$2; shift ;;
+        --out) OUTDIR=$2; shift ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+command -v perf >/dev/null || {
+    echo "perf is missing: apt-get install linux-perf" >&2
+    exit 1
+}
+if [ -z "$BINARY" ]; then
+    (cd "$ROOT" && cargo build --release --bin hookguard)
+    BINARY="$ROOT/target/release/hookguard"
+fi
+mkdir -p "$OUTDIR"
+# A copy: the shared target directory may be rebuilt while perf still needs the symbols.
+cp "$BINARY" "$OUTDIR/hookguard"
+BINARY="$OUTDIR/hookguard"
+
+WORK=$(mktemp -d /tmp/hookguard-profile.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+UP=$(port)
+mkdir -p "$WORK/tmp"
+cat >"$WORK/up.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $WORK/up.pid;
+error_log $WORK/up-error.log warn;
+events { worker_connections 4096; }
+http {
+    client_body_temp_path $WORK/tmp/b; proxy_temp_path $WORK/tmp/p; fastcgi_temp_path $WORK/tmp/f;
+    uwsgi_temp_path $WORK/tmp/u; scgi_temp_path $WORK/tmp/s;
+    access_log off;
+    keepalive_requests 100000000;
+    server { listen 127.0.0.1:$UP; location / { return 200; } }
+}
+EOF
+nginx -p "$WORK" -c "$WORK/up.conf" -e "$WORK/up-error.log" >/dev/null 2>&1 &
+PIDS+=($!)
+
+HG=$(port)
+ADMIN=$(port)
+SECRET=bench-mailgun-signing-key
+cat >"$WORK/hg.yaml" <<EOF
+listen: "127.0.0.1:$HG"
+admin_listen: "127.0.0.1:$ADMIN"
+upstream: "http://127.0.0.1:$UP"
+threads: 1
+routes:
+  - name: mailgun
+    path: /webhooks/mailgun
+    provider: mailgun
+    secrets: ["$SECRET"]
+    tolerance: 6h
+EOF
+args=(--config "$WORK/hg.yaml")
+[ -n "$LOG_LEVEL" ] && args+=(--log-level "$LOG_LEVEL")
+"$BINARY" "${args[@]}" >"$WORK/hg.log" 2>&1 &
+HG_PID=$!
+PIDS+=("$HG_PID")
+for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.1; done
+
+N=$(((SECONDS_ + 4) * 30000))
+python3 "$BENCH/gen.py" mailgun-form "$N" "$WORK/req.txt" --secret "$SECRET"
+WRK_THREADS=1 wrk -t1 -c32 -d"$((SECONDS_ + 4))s" -s "$BENCH/requests.lua" \
+    "http://127.0.0.1:$HG/webhooks/mailgun" -- "$WORK/req.txt" once >"$OUTDIR/wrk.txt" 2>&1 &
+WRK_PID=$!
+PIDS+=("$WRK_PID")
+sleep 2 # warm-up
+perf record -e cpu-clock -F 1999 --call-graph dwarf,16384 -p "$HG_PID" -o "$OUTDIR/perf.data" \
+    -- sleep "$SECONDS_" 2>"$OUTDIR/perf-record.txt"
+wait "$WRK_PID" || true
+curl -fsS "http://127.0.0.1:$ADMIN/metrics" | grep '^hookguard_requests_total' | grep -v ' 0$' \
+    >"$OUTDIR/outcomes.txt" || true
+
+perf report -i "$OUTDIR/perf.data" --no-children --sort symbol --stdio --percent-limit 0.5 \
+    -g none 2>/dev/null >"$OUTDIR/self.txt"
+perf report -i "$OUTDIR/perf.data" --children --sort symbol --stdio --percent-limit 2 \
+    -g none 2>/dev/null >"$OUTDIR/children.txt"
+perf report -i "$OUTDIR/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null \
+    >"$OUTDIR/dso.txt"
+perf report -i "$OUTDIR/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null \
+    >"$OUTDIR/threads.txt"
+echo "profile in $OUTDIR (self.txt, children.txt, dso.txt, threads.txt, wrk.txt, outcomes.txt)"
+grep -E '^ +[0-9]' "$OUTDIR/self.txt" | head -40
