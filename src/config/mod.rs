@@ -837,10 +837,14 @@ impl Loader<'_> {
             }
             Err(BuildError::Invalid(errors)) => {
                 for e in errors {
-                    self.error_at_value(
-                        &here.key(e.key),
-                        format!("`{}`: {}", here.key(e.key), e.message),
-                    );
+                    let at = here.key(e.key);
+                    // A provider's message may quote the value; an expanded one is not shown.
+                    let message = if self.is_expanded(&at) {
+                        "invalid value (from ${...}, not shown)".to_owned()
+                    } else {
+                        e.message
+                    };
+                    self.error_at_value(&at, format!("`{at}`: {message}"));
                 }
                 None
             }

@@ -392,3 +392,30 @@ routes:
         "{errs}"
     );
 }
+
+#[test]
+fn provider_option_errors_never_quote_expanded_values() {
+    // Providers' own option errors quote the value (`public_url`, header names); the loader
+    // hides it when it came from `${...}`, and keeps the provider's message otherwise.
+    let text = "\
+upstream: http://127.0.0.1:1
+routes:
+  - {name: a, path: /a, provider: twilio, secrets: [k], public_url: \"ftp://${MG_KEY}\"}
+  - {name: b, path: /b, provider: hmac, secrets: [k], header: \"X ${MG_KEY}\"}
+  - {name: c, path: /c, provider: twilio, secrets: [k], public_url: \"ftp://literal\"}
+";
+    let errs = errors(text).join("\n");
+    assert!(!errs.contains("SECRETVALUE"), "{errs}");
+    assert!(
+        errs.contains("`routes[0].public_url`: invalid value (from ${...}, not shown)"),
+        "{errs}"
+    );
+    assert!(
+        errs.contains("`routes[1].header`: invalid value (from ${...}, not shown)"),
+        "{errs}"
+    );
+    assert!(
+        errs.contains("`ftp://literal` must be an http://"),
+        "{errs}"
+    );
+}
