@@ -80,3 +80,37 @@ impl ServeHttp for AdminApp {
             .unwrap_or_default()
     }
 }
+
+/// Asks the admin listener at `addr` for `path`; returns the HTTP status. The client side of
+/// `hookguard probe`, for health checks where no HTTP client is installed.
+pub fn probe(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let addr = match addr {
+        std::net::SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            std::net::SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        std::net::SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    };
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head)?;
+    // "HTTP/1.1 200 OK"
+    std::str::from_utf8(&head[..n])
+        .ok()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP response"))
+}

@@ -15,7 +15,13 @@ use hookguard::{config, server, sign};
 #[command(version, about)]
 struct Cli {
     /// Config file.
-    #[arg(long, short, global = true, default_value = "config.yaml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "HOOKGUARD_CONFIG",
+        default_value = "config.yaml"
+    )]
     config: PathBuf,
     /// Log filter, e.g. `info` or `hookguard=debug` (default: $RUST_LOG, else `info`).
     #[arg(long, global = true)]
@@ -40,6 +46,13 @@ enum Command {
         #[arg(long)]
         body: Option<PathBuf>,
     },
+    /// Ask the running hookguard's admin listener for its health: exit 0 on 200, else 1.
+    /// For container health checks in images without a shell or an HTTP client.
+    Probe {
+        /// Admin path to ask.
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +64,7 @@ fn main() -> ExitCode {
             ref route,
             ref body,
         }) => sign(&cli, route, body.as_ref()),
+        Some(Command::Probe { ref path }) => probe(&cli, path),
     }
 }
 
@@ -138,6 +152,30 @@ fn sign(cli: &Cli, route: &str, body: Option<&PathBuf>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("hookguard sign: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(cli: &Cli, path: &str) -> ExitCode {
+    let config = match config::load_file(&cli.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match hookguard::admin::probe(config.admin_listen, path, std::time::Duration::from_secs(3)) {
+        Ok(200) => {
+            println!("{path}: 200");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!("{path}: {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("hookguard probe: {e}");
             ExitCode::FAILURE
         }
     }

@@ -567,20 +567,23 @@ fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
         }
         proxy.signal(sig);
         let signalled = Instant::now();
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(
-            get(proxy.admin_port, "/readyz")
-                .map(|r| r.status)
-                .unwrap_or(503),
-            503,
-            "not ready while draining"
-        );
-        assert!(
+        // Readiness drops and the public listener closes promptly (polled: the machine may be
+        // loaded); the request in flight is served to the end regardless.
+        let eventually = |what: &str, cond: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while !cond() {
+                assert!(Instant::now() < deadline, "SIG{sig}: {what}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        eventually("not ready while draining", &|| {
+            get(proxy.admin_port, "/readyz").map_or(true, |r| r.status == 503)
+        });
+        eventually("no new requests once shutdown began", &|| {
             Conn::open(port)
                 .and_then(|mut c| c.post("/mg", &[JSON], &mg_json(&token())))
-                .is_err(),
-            "no new requests once shutdown began"
-        );
+                .is_err()
+        });
         assert_eq!(
             in_flight.join().unwrap().status,
             200,
@@ -608,8 +611,7 @@ fn logs_one_line_per_request_without_secrets_or_bodies() {
         &[JSON],
         &mg_json_at("bad", now(), &token(), "x"),
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let log = proxy.log();
+    let log = proxy.log_when(|log| log.matches("\"target\":\"hookguard::request\"").count() >= 2);
     let lines: Vec<serde_json::Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

@@ -371,3 +371,39 @@ fn allow_ips_uses_the_socket_address_unless_behind_a_trusted_proxy() {
         Some("198.51.100.1, 203.0.113.5, 127.0.0.1")
     );
 }
+
+#[test]
+fn probe_reports_health_and_readiness_and_config_comes_from_the_environment() {
+    let up = Upstream::start();
+    let proxy = Proxy::start(&mailgun_config(&up, "", ""));
+    // A copy that outlives the proxy's own directory.
+    let keep = tempfile::tempdir().unwrap();
+    let config = keep.path().join("config.yaml");
+    std::fs::copy(proxy.config_path(), &config).unwrap();
+    let probe = |path: &str| {
+        Command::new(env!("CARGO_BIN_EXE_hookguard"))
+            .args(["probe", "--path", path])
+            // The config path from the environment, as in the container image.
+            .env("HOOKGUARD_CONFIG", &config)
+            .output()
+            .unwrap()
+    };
+    let ok = probe("/readyz");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(probe("/healthz").status.code(), Some(0));
+    let missing = probe("/nope");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nope: 404"));
+    drop(proxy);
+    let down = probe("/healthz");
+    assert_eq!(down.status.code(), Some(1), "nothing listens any more");
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("hookguard probe:"),
+        "a connection error, not a config error"
+    );
+}

@@ -862,6 +862,14 @@ def smoke(base, binary, df, a):
             return
         expect("smoke: GET /healthz answers 200", http_get(admin + "/healthz")[0] == 200)
 
+        # The image's HEALTHCHECK command, run inside the image layout.
+        hc = df.all("HEALTHCHECK", rt)
+        hc_argv = Dockerfile.exec_form(hc[-1].split("CMD", 1)[1].strip()) if hc and "CMD" in hc[-1] else None
+        if expect("smoke: the Dockerfile has a HEALTHCHECK CMD", hc_argv is not None, repr(hc)):
+            r = subprocess.run(exec_in_root_argv(root, target, hc_argv), capture_output=True, text=True, timeout=30)
+            expect("smoke: the HEALTHCHECK command exits 0 while hookguard runs", r.returncode == 0,
+                   (r.stdout + r.stderr).strip())
+
         body = json.dumps({"event-data": {"event": "delivered", "id": "deploy-check-%d" % os.getpid(),
                                           "recipient": "alice@example.com"}})
         r = subprocess.run(exec_in_root_argv(root, target, ["/usr/local/bin/hookguard", "sign", "--route", "mailgun"]),

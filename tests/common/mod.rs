@@ -268,6 +268,20 @@ impl Proxy {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The log once `ready` holds for it (log lines are written by a background thread, so
+    /// they appear a moment after the response); panics after 10 s.
+    pub fn log_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if ready(&log) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "log never got there:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
