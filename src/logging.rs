@@ -27,7 +27,12 @@ pub fn init(level: Option<&str>, format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info"))
         .add_directive("pingora_core=warn".parse().expect("static directive"))
         .add_directive("pingora=warn".parse().expect("static directive"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    // The worker flushes whenever its queue runs dry: buffered, lines leave in batches under
+    // load (one write for many lines) and at once when idle.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stdout(),
+    ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -7,59 +7,30 @@
 //! cancelled request can leave a key stuck.
 //!
 //! Keys are stored as 128-bit digests of (route, key): fixed size, whatever the provider's
-//! key looks like. The cache is bounded by `replay.max_entries` and evicts the least recently
-//! used key when full (moka's default admission policy could refuse to store a new key, which
-//! would silently disable replay protection for it).
+//! key looks like. Delivered keys live in a compact set of their own ([`delivered`]), bounded
+//! by `replay.max_entries`, each until its own expiry; keys in flight live in a moka cache
+//! (LRU, so a full cache never refuses to store a new key, which would silently disable
+//! replay protection for it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
-use moka::Expiry;
 use prometheus::IntCounterVec;
 use sha2::{Digest, Sha256};
 
 use crate::config::{OnStoreError, ReplaySettings, ReplayStore};
 use crate::outcome::Rejection;
+use delivered::DeliveredSet;
 use redis_store::RedisStore;
 
+mod delivered;
 mod redis_store;
 
 pub(crate) type Key = u128;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Reserved by the request holding this nonce.
-    InFlight(u64),
-    Delivered,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    state: State,
-    ttl: Duration,
-}
-
-/// Each slot lives for its own TTL, counted from its last write.
-struct SlotExpiry;
-
-impl Expiry<Key, Slot> for SlotExpiry {
-    fn expire_after_create(&self, _: &Key, slot: &Slot, _: Instant) -> Option<Duration> {
-        Some(slot.ttl)
-    }
-    fn expire_after_update(
-        &self,
-        _: &Key,
-        slot: &Slot,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(slot.ttl)
-    }
-}
 
 /// Why a reservation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +51,12 @@ impl Refused {
 }
 
 pub struct ReplayGuard {
-    /// Memory backend: every key, in flight and delivered. Redis backend: the keys this
-    /// replica saw delivered, a fast path in front of the store.
-    cache: Cache<Key, Slot>,
+    /// Keys delivered through this process. Memory backend: the record; Redis backend: a fast
+    /// path in front of the store.
+    delivered: DeliveredSet,
+    /// Memory backend: keys in flight, with the nonce of the request holding each. Few and
+    /// short-lived; moka's atomic entry API decides which of two concurrent copies holds it.
+    in_flight: Cache<Key, u64>,
     /// How long an in-flight reservation may live if its holder vanished without releasing
     /// it (it cannot, short of a bug or, with Redis, a lost connection: this is the safety net).
     in_flight_ttl: Duration,
@@ -133,10 +107,11 @@ impl ReplayGuard {
         store_errors: IntCounterVec,
     ) -> Self {
         ReplayGuard {
-            cache: Cache::builder()
+            delivered: DeliveredSet::new(max_entries),
+            in_flight: Cache::builder()
                 .max_capacity(max_entries)
                 .eviction_policy(EvictionPolicy::lru())
-                .expire_after(SlotExpiry)
+                .time_to_live(in_flight_ttl)
                 .build(),
             in_flight_ttl,
             next_nonce: AtomicU64::new(1),
@@ -161,22 +136,24 @@ impl ReplayGuard {
             nonce,
             settled: false,
         };
+        // Delivered through this process: known without a round trip.
+        if self.delivered.contains(digest) {
+            reservation.disarm();
+            return Err(Refused::Replayed);
+        }
         let Some(store) = &self.shared else {
-            let entry = self.cache.entry(digest).or_insert_with(|| Slot {
-                state: State::InFlight(nonce),
-                ttl: self.in_flight_ttl,
-            });
-            if !entry.is_fresh() {
+            if !self.in_flight.entry(digest).or_insert(nonce).is_fresh() {
                 reservation.disarm();
+                return Err(Refused::Replayed);
+            }
+            // A copy committed between the check above and this reservation (its commit
+            // records the delivery before it lets go of its own reservation): refuse.
+            if self.delivered.contains(digest) {
+                drop(reservation); // releases ours
                 return Err(Refused::Replayed);
             }
             return Ok(reservation);
         };
-        // Delivered through this replica: known without a round trip.
-        if self.cache.contains_key(&digest) {
-            reservation.disarm();
-            return Err(Refused::Replayed);
-        }
         match store.reserve(digest, nonce, self.in_flight_ttl).await {
             Ok(true) => Ok(reservation),
             Ok(false) => {
@@ -211,29 +188,27 @@ impl ReplayGuard {
     /// Approximate number of keys remembered in this process: with the memory backend, every
     /// key in flight and delivered; with Redis, the delivered keys of the local fast path.
     pub fn len(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.in_flight.run_pending_tasks();
+        self.in_flight.entry_count() + self.delivered.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Memory backend: settles the local slot.
+    /// Memory backend: records the delivery (if `delivered_ttl`), then lets go of the
+    /// reservation if it is still ours (its safety TTL may have lapsed and another request
+    /// may hold the key now).
     fn settle_local(&self, key: Key, nonce: u64, delivered_ttl: Option<Duration>) {
-        self.cache.entry(key).and_compute_with(|current| {
-            let ours = current.as_ref().map(|e| e.value().state) == Some(State::InFlight(nonce));
-            match delivered_ttl {
-                // Committing: remember the delivery even if the reservation was evicted
-                // meanwhile; never overwrite another request's reservation.
-                Some(ttl) if ours || current.is_none() => Op::Put(Slot {
-                    state: State::Delivered,
-                    ttl,
-                }),
-                None if ours => Op::Remove,
+        if let Some(ttl) = delivered_ttl {
+            self.delivered.insert(key, ttl);
+        }
+        self.in_flight
+            .entry(key)
+            .and_compute_with(|current| match current {
+                Some(e) if *e.value() == nonce => Op::Remove,
                 _ => Op::Nop,
-            }
-        });
+            });
     }
 }
 
@@ -262,13 +237,7 @@ impl Reservation {
             return;
         };
         // This replica refuses copies from now on, whatever the store says.
-        g.cache.insert(
-            self.key,
-            Slot {
-                state: State::Delivered,
-                ttl: remember_for,
-            },
-        );
+        g.delivered.insert(self.key, remember_for);
         let nonce = store.nonce(self.nonce);
         if let Err(e) = store.commit(self.key, &nonce, remember_for).await {
             g.store_errors.with_label_values(&["commit"]).inc();

@@ -13,6 +13,7 @@
 mod headers;
 mod upstream;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
+use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 
 use crate::body::Body;
@@ -42,6 +44,28 @@ use upstream::UpstreamClient;
 pub struct Snapshot {
     pub config: Config,
     metrics: RouteMetricsTable,
+    /// Each route's upstream as a Pingora peer, built once per config.
+    peers: HashMap<String, HttpPeer>,
+}
+
+impl Snapshot {
+    fn new(config: Config, metrics: &Metrics) -> Self {
+        let peers = config
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    UpstreamClient::peer(&r.upstream, &config.timeouts),
+                )
+            })
+            .collect();
+        Snapshot {
+            metrics: metrics.for_config(&config),
+            peers,
+            config,
+        }
+    }
 }
 
 /// State shared by every connection of the public listener.
@@ -66,10 +90,7 @@ impl Gateway {
             in_flight_ttl,
             metrics.replay_store_errors.clone(),
         )?);
-        let snapshot = Snapshot {
-            metrics: metrics.for_config(&config),
-            config,
-        };
+        let snapshot = Snapshot::new(config, &metrics);
         Ok(Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             replay,
@@ -87,8 +108,8 @@ impl Gateway {
 
     /// Makes `config` the one new requests use; requests in flight keep theirs.
     pub fn replace_config(&self, config: Config) {
-        let metrics = self.metrics.for_config(&config);
-        self.snapshot.store(Arc::new(Snapshot { config, metrics }));
+        self.snapshot
+            .store(Arc::new(Snapshot::new(config, &self.metrics)));
     }
 
     pub fn replay(&self) -> &ReplayGuard {
@@ -364,7 +385,7 @@ async fn handle(
         Err(refused) => return reject(session, report, refused.rejection()).await,
     };
 
-    let delivered = deliver(gw, config, &route, session, &body, &verified).await;
+    let delivered = deliver(gw, snap, &route, session, &body, &verified).await;
     // Settle the key before anything is written back: a provider that retries the instant
     // it reads a failure must find the key free.
     let exchange = match delivered {
@@ -398,7 +419,7 @@ async fn handle(
 /// response header has arrived.
 async fn deliver(
     gw: &Gateway,
-    config: &Config,
+    snap: &Snapshot,
     route: &Route,
     session: &ServerSession,
     body: &Body,
@@ -427,7 +448,10 @@ async fn deliver(
         },
     )
     .map_err(|_| Rejection::MalformedBody)?;
-    let peer = UpstreamClient::peer(&route.upstream, &config.timeouts);
+    let peer = snap
+        .peers
+        .get(&route.name)
+        .ok_or(Rejection::UpstreamUnavailable)?;
     gw.upstream.send(peer, header, &out_body).await
 }
 

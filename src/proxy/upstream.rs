@@ -27,7 +27,8 @@ pub struct UpstreamClient {
 /// An upstream exchange whose response header has arrived; its body is still to be read.
 pub struct Exchange {
     pub session: ClientSession,
-    peer: HttpPeer,
+    /// The pool key of the peer the connection belongs to.
+    reuse_hash: u64,
     /// From sending the request to the response header.
     pub waited: Duration,
 }
@@ -54,18 +55,19 @@ impl UpstreamClient {
     /// Sends `header` and `body` and waits for the final (non-1xx) response header.
     pub async fn send(
         &self,
-        peer: HttpPeer,
+        peer: &HttpPeer,
         header: RequestHeader,
         body: &Bytes,
     ) -> Result<Exchange, Rejection> {
         let started = std::time::Instant::now();
-        if let Some(stream) = self.connector.reused_stream(&peer).await {
-            let session = ClientSession::new_with_options(stream, &peer);
-            match exchange(session, &peer, header.clone(), body).await {
+        let reuse_hash = peer.reuse_hash();
+        if let Some(stream) = self.connector.reused_stream(peer).await {
+            let session = ClientSession::new_with_options(stream, peer);
+            match exchange(session, peer, header.clone(), body).await {
                 Ok(session) => {
                     return Ok(Exchange {
                         session,
-                        peer,
+                        reuse_hash,
                         waited: started.elapsed(),
                     })
                 }
@@ -75,14 +77,14 @@ impl UpstreamClient {
         }
         let stream = self
             .connector
-            .new_stream(&peer)
+            .new_stream(peer)
             .await
             .map_err(|e| classify(&e))?;
-        let session = ClientSession::new_with_options(stream, &peer);
-        match exchange(session, &peer, header, body).await {
+        let session = ClientSession::new_with_options(stream, peer);
+        match exchange(session, peer, header, body).await {
             Ok(session) => Ok(Exchange {
                 session,
-                peer,
+                reuse_hash,
                 waited: started.elapsed(),
             }),
             Err((e, _)) => Err(classify(&e)),
@@ -92,12 +94,14 @@ impl UpstreamClient {
     /// Returns the connection to the pool when the exchange left it reusable.
     pub async fn release(&self, exchange: Exchange) {
         let Exchange {
-            mut session, peer, ..
+            mut session,
+            reuse_hash,
+            ..
         } = exchange;
         session.respect_keepalive();
         if let Some(stream) = session.reuse().await {
             self.connector
-                .release_stream(stream, peer.reuse_hash(), Some(POOL_IDLE));
+                .release_stream(stream, reuse_hash, Some(POOL_IDLE));
         }
     }
 }
