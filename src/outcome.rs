@@ -9,6 +9,8 @@ pub enum Rejection {
     MethodNotAllowed,
     #[error("client address not in the route's allow_ips")]
     IpNotAllowed,
+    #[error("request header larger than max_header_bytes")]
+    HeadersTooLarge,
     #[error("body larger than max_body_bytes")]
     BodyTooLarge,
     #[error("signature material absent or unparsable")]
@@ -32,10 +34,11 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 13] = [
+    pub const ALL: [Rejection; 14] = [
         Rejection::NoRoute,
         Rejection::MethodNotAllowed,
         Rejection::IpNotAllowed,
+        Rejection::HeadersTooLarge,
         Rejection::BodyTooLarge,
         Rejection::MissingSignature,
         Rejection::StaleTimestamp,
@@ -53,6 +56,7 @@ impl Rejection {
             Rejection::NoRoute => 404,
             Rejection::MethodNotAllowed => 405,
             Rejection::IpNotAllowed => 403,
+            Rejection::HeadersTooLarge => 431,
             Rejection::BodyTooLarge => 413,
             Rejection::MissingSignature | Rejection::StaleTimestamp | Rejection::BadSignature => {
                 401
@@ -72,6 +76,7 @@ impl Rejection {
             Rejection::NoRoute => "no_route",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::IpNotAllowed => "ip_not_allowed",
+            Rejection::HeadersTooLarge => "headers_too_large",
             Rejection::BodyTooLarge => "body_too_large",
             Rejection::MissingSignature => "missing_signature",
             Rejection::StaleTimestamp => "stale_timestamp",

@@ -44,6 +44,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Largest accepted request header (request line and all header lines).
+    pub max_header_bytes: usize,
     /// Worker threads of the public listener.
     pub threads: usize,
     pub timeouts: Timeouts,
@@ -159,6 +161,8 @@ pub enum OnStoreError {
 }
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Providers send a few KiB of headers; nginx refuses a header line over 8 KiB by default.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
 
 /// What the upstream receives as the body.
@@ -298,6 +302,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "admin_listen",
     "upstream",
     "max_body_bytes",
+    "max_header_bytes",
     "threads",
     "timeouts",
     "replay",
@@ -536,6 +541,16 @@ impl Loader<'_> {
                 "`max_body_bytes` must be between 1 and 1073741824 (1 GiB)".into(),
             );
         }
+        // Pingora itself stops reading a header at 1 MiB.
+        let max_header_bytes = self
+            .get::<u64>(top, "max_header_bytes")
+            .unwrap_or(DEFAULT_MAX_HEADER_BYTES as u64);
+        if !(1024..=1 << 20).contains(&max_header_bytes) {
+            self.error_at_value(
+                &YPath::root().key("max_header_bytes"),
+                "`max_header_bytes` must be between 1024 and 1048576 (1 MiB)".into(),
+            );
+        }
         let threads = self
             .get::<usize>(top, "threads")
             .unwrap_or_else(default_threads);
@@ -559,6 +574,7 @@ impl Loader<'_> {
             listen: listen?,
             admin_listen: admin_listen?,
             max_body_bytes: max_body_bytes as usize,
+            max_header_bytes: max_header_bytes as usize,
             threads,
             timeouts,
             replay,

@@ -306,6 +306,9 @@ async fn handle(
             return reject(session, report, Rejection::IpNotAllowed).await;
         }
     }
+    if header_size(req) > config.max_header_bytes {
+        return reject(session, report, Rejection::HeadersTooLarge).await;
+    }
     let declared = declared_length(session);
     if declared.is_some_and(|n| n > config.max_body_bytes) {
         return reject(session, report, Rejection::BodyTooLarge).await;
@@ -575,6 +578,15 @@ fn client_ip(session: &ServerSession, trusted: &[ipnet::IpNet]) -> Option<IpAddr
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok());
     Some(crate::client_ip::resolve(peer, xff, trusted))
+}
+
+/// The size of the request line and header lines as they arrived (name, `: `, value, CRLF).
+fn header_size(req: &pingora::http::RequestHeader) -> usize {
+    let line =
+        req.method.as_str().len() + req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 11;
+    req.headers.iter().fold(line, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + 4
+    })
 }
 
 /// `Content-Length` as declared, if any (Pingora has already rejected malformed ones).
