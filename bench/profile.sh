@@ -94,14 +94,16 @@ HG_PID=$!
 PIDS+=("$HG_PID")
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.1; done
 
-N=$(((SECONDS_ + 4) * 30000))
+N=$(((SECONDS_ + 6) * 30000))
 python3 "$BENCH/gen.py" mailgun-form "$N" "$WORK/req.txt" --secret "$SECRET"
 WRK_THREADS=1 wrk -t1 -c32 -d"$((SECONDS_ + 4))s" -s "$BENCH/requests.lua" \
     "http://127.0.0.1:$HG/webhooks/mailgun" -- "$WORK/req.txt" once >"$OUTDIR/wrk.txt" 2>&1 &
 WRK_PID=$!
 PIDS+=("$WRK_PID")
-sleep 2 # warm-up
-perf record -e cpu-clock -F 1999 --call-graph dwarf,16384 -p "$HG_PID" -o "$OUTDIR/perf.data" \
+sleep 4 # wrk loads its requests, then warm-up
+# Every thread by id: on this kernel/perf pair, `-p PID` only sampled one thread.
+TIDS=$(ls "/proc/$HG_PID/task" | paste -sd,)
+perf record -e cpu-clock -F 1999 --call-graph dwarf,16384 -t "$TIDS" -o "$OUTDIR/perf.data" \
     -- sleep "$SECONDS_" 2>"$OUTDIR/perf-record.txt"
 wait "$WRK_PID" || true
 curl -fsS "http://127.0.0.1:$ADMIN/metrics" | grep '^hookguard_requests_total' | grep -v ' 0$' \
@@ -115,5 +117,8 @@ perf report -i "$OUTDIR/perf.data" --no-children --sort dso --stdio -g none 2>/d
     >"$OUTDIR/dso.txt"
 perf report -i "$OUTDIR/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null \
     >"$OUTDIR/threads.txt"
-echo "profile in $OUTDIR (self.txt, children.txt, dso.txt, threads.txt, wrk.txt, outcomes.txt)"
-grep -E '^ +[0-9]' "$OUTDIR/self.txt" | head -40
+perf script -i "$OUTDIR/perf.data" -F tid,ip,sym 2>/dev/null >"$OUTDIR/perf.script"
+python3 "$BENCH/perf_categories.py" "$OUTDIR/perf.script" --threads --top 12 >"$OUTDIR/categories.txt"
+echo "profile in $OUTDIR (categories.txt, self.txt, children.txt, dso.txt, threads.txt, wrk.txt, outcomes.txt)"
+sed -n '1,25p' "$OUTDIR/categories.txt"
+grep -E '^ +[0-9]' "$OUTDIR/self.txt" | head -30

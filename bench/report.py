@@ -18,6 +18,7 @@ DESCRIBE = {
     "hookguard-t1-nolog": "hookguard threads 1, request log off (`--log-level warn`)",
     "hookguard-t2": "hookguard threads 2",
     "hookguard-t1-1000routes": "hookguard threads 1, 1,000 routes",
+    "hookguard-t1-alt": "hookguard threads 1, alternative: {alt}",
     "hookguard-t1-stripe": "hookguard threads 1, Stripe JSON (pretty-printed), verify + replay + JSON",
     "hookguard-t1-standard": "hookguard threads 1, Standard Webhooks JSON, verify + replay + JSON",
 }
@@ -37,6 +38,8 @@ def spread(xs, fmt):
 def main():
     rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
     meta = open(sys.argv[2]).read().strip().splitlines()
+    alt = next((l[len("alt: "):] for l in meta if l.startswith("alt: ")), "")
+    DESCRIBE["hookguard-t1-alt"] = DESCRIBE["hookguard-t1-alt"].format(alt=alt)
     by = {}
     for r in rows:
         by.setdefault(r["target"], []).append(r)
@@ -52,6 +55,10 @@ def main():
         return out
 
     out = []
+    if not rows:
+        out.extend(f"- {line}" for line in meta)
+        print("\n".join(out))
+        return
     out.append("| target | rps median (min–max) | rps ÷ nginx | p50 ms | p99 ms (min–max) | "
                "p99 ÷ nginx | CPU µs/req | RSS MiB idle → loaded | checks |")
     out.append("|---|---|---|---|---|---|---|---|---|")
@@ -115,6 +122,7 @@ def main():
     rel("hookguard-t1", "hookguard-t1-1000routes", "routes, 1,000 ÷ 1 (1.00× = flat)")
     rel("hookguard-t1", "hookguard-t1-nolog", "request log off ÷ on")
     rel("pingora-t1", "hookguard-t1", "hookguard ÷ plain Pingora passthrough")
+    rel("hookguard-t1", "hookguard-t1-alt", "alternative ÷ hookguard threads 1")
     out.extend(notes)
     out.append("")
     out.append("Ratios are taken within each round (both sides under the same background load), "

@@ -10,7 +10,8 @@
 --
 -- Requests are built when the thread starts, so the measured loop only hands out prebuilt
 -- strings. In `once` mode, running out of requests stops the thread and the result is marked
--- `exhausted=1` (wrk divides by the full duration, so such a run's rps would be too low).
+-- `exhausted=1` (wrk divides by the full duration, so such a run's rps would be too low); the
+-- few requests sent meanwhile go to /__bench_exhausted__ (404), never a signed one again.
 -- With several threads, thread k of n takes the lines k, k+n, k+2n, ...
 
 local threads = {}
@@ -66,8 +67,10 @@ function request()
     else
       exhausted = 1
       wrk.thread:stop()
-      -- Something must be returned; this connection is stopping anyway.
+      -- Something must be returned, and it must not be a copy of a signed request (that would
+      -- be a replay, 409): a GET for a path no route has, answered 404 `no_route`.
       idx = total
+      return wrk.format("GET", "/__bench_exhausted__")
     end
   end
   return reqs[idx]

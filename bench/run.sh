@@ -3,13 +3,20 @@
 # upstream itself, side by side, in one run. See bench/README.md.
 #
 #   bench/run.sh [--rounds N] [--duration S] [--warmup S] [--connections N]
-#                [--no-million] [--million-threads N] [--quick] [--keep]
+#                [--no-million | --only-million] [--million-threads N] [--million-keys N]
+#                [--quick] [--keep] [--no-build]
+#                [--alt-binary PATH] [--alt-preload LIB] [--alt-label TEXT]
 #
 # Installs nginx-light, wrk, curl and cmake with apt-get when missing, builds the release binary
 # and the Pingora passthrough example, then for each round measures every target with wrk
 # (1 thread, same connections, warm-up, then the measured run) in a rotating order, and prints
 # one table: medians over the rounds, the spread, and ratios to nginx taken per round.
 # Everything listens on 127.0.0.1, on ports that were free a moment before.
+#
+# A/B: --alt-binary (another build of hookguard, e.g. from an optimization branch built with its
+# own CARGO_TARGET_DIR) and/or --alt-preload (a malloc to LD_PRELOAD, e.g.
+# /usr/lib/x86_64-linux-gnu/libjemalloc.so.2) add a row `hookguard-t1-alt`, measured in the same
+# rounds, and a second million-key run with that variant.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +32,10 @@ MILLION=${BENCH_MILLION:-1}
 MILLION_KEYS=${BENCH_MILLION_KEYS:-1000000}
 MILLION_THREADS=${BENCH_MILLION_THREADS:-2}
 KEEP=0
+BUILD=1
+ALT_BINARY=""
+ALT_PRELOAD=""
+ALT_LABEL=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -36,8 +47,13 @@ while [ $# -gt 0 ]; do
         --million-threads) MILLION_THREADS=$2; shift ;;
         --million-keys) MILLION_KEYS=$2; shift ;;
         --quick) ROUNDS=1; DURATION=3; WARMUP=1; MILLION=0 ;;
+        --only-million) ROUNDS=0; MILLION=1 ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --no-build) BUILD=0 ;; # use the binaries already in the target directory
+        --alt-binary) ALT_BINARY=$(realpath "$2"); shift ;;
+        --alt-preload) ALT_PRELOAD=$(realpath "$2"); shift ;;
+        --alt-label) ALT_LABEL=$2; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -63,8 +79,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx)
 
-log "building (cargo build --release)"
-(cd "$ROOT" && cargo build --release --bin hookguard --example pingora_passthrough)
+if [ "$BUILD" = 1 ]; then
+    log "building (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --bin hookguard --example pingora_passthrough)
+fi
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 HOOKGUARD="$TARGET_DIR/release/hookguard"
@@ -326,14 +344,26 @@ EOF
     if [ "$HAVE_STANDARD" = 1 ]; then route_standard; fi
 }
 
-# Starts hookguard; sets LAST_PID, HG_PORT, HG_ADMIN.
+HAVE_ALT=0
+if [ -n "$ALT_BINARY$ALT_PRELOAD" ]; then
+    HAVE_ALT=1
+    [ -n "$ALT_LABEL" ] || ALT_LABEL="${ALT_BINARY:-this build}${ALT_PRELOAD:+ with LD_PRELOAD=$(basename "$ALT_PRELOAD")}"
+fi
+
+# Starts hookguard (the alternative build or malloc when USE_ALT=1); sets LAST_PID, HG_PORT,
+# HG_ADMIN.
+USE_ALT=0
 start_hookguard() { # NAME THREADS EXTRA_ROUTES [ARGS...]
-    local name=$1 threads=$2 extra=$3
+    local name=$1 threads=$2 extra=$3 bin=$HOOKGUARD preload=""
     shift 3
+    if [ "$USE_ALT" = 1 ]; then
+        bin=${ALT_BINARY:-$HOOKGUARD}
+        preload=$ALT_PRELOAD
+    fi
     HG_PORT=$(free_port)
     HG_ADMIN=$(free_port)
     hookguard_conf "$HG_PORT" "$HG_ADMIN" "$threads" "$extra" >"$WORK/$name.yaml"
-    "$HOOKGUARD" --config "$WORK/$name.yaml" "$@" >"$WORK/$name.log" 2>&1 &
+    env ${preload:+LD_PRELOAD="$preload"} "$bin" --config "$WORK/$name.yaml" "$@" >"$WORK/$name.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
     wait_http "http://127.0.0.1:$HG_ADMIN/readyz"
@@ -411,6 +441,7 @@ measure() {
         hookguard-t1-nolog) kind=hookguard ;;
         hookguard-t2) kind=hookguard ;;
         hookguard-t1-1000routes) kind=hookguard ;;
+        hookguard-t1-alt) kind=hookguard ;;
         hookguard-t1-stripe) kind=hookguard; workload=stripe ;;
         hookguard-t1-standard) kind=hookguard; workload=standard ;;
         *) echo "unknown target $target" >&2; return 1 ;;
@@ -426,7 +457,10 @@ measure() {
                 *-1000routes) extra=999 ;;
                 *-nolog) args=(--log-level warn) ;;
             esac
+            USE_ALT=0
+            [ "$target" = hookguard-t1-alt ] && USE_ALT=1
             start_hookguard "$target" "$threads" "$extra" "${args[@]}"
+            USE_ALT=0
             pid=$LAST_PID; port=$HG_PORT; admin=$HG_ADMIN; mode=once
             sleep 0.3
             idle=$(rss_kib "$pid") ;;
@@ -465,6 +499,7 @@ measure() {
 
 TARGETS=(direct nginx nginx-2w pingora-t1 hookguard-t1 hookguard-t1-nolog hookguard-t2
     hookguard-t1-1000routes)
+[ "$HAVE_ALT" = 1 ] && TARGETS+=(hookguard-t1-alt)
 [ "$HAVE_STRIPE" = 1 ] && TARGETS+=(hookguard-t1-stripe)
 [ "$HAVE_STANDARD" = 1 ] && TARGETS+=(hookguard-t1-standard)
 
@@ -481,44 +516,72 @@ done
 # RSS holding a million replay keys
 # ---------------------------------------------------------------------------------------------
 
-MILLION_LINE="(skipped: --no-million)"
-if [ "$MILLION" = 1 ]; then
-    log "generating $MILLION_KEYS small signed requests"
-    python3 "$BENCH/gen.py" mailgun-small "$MILLION_KEYS" "$WORK/million.txt" --secret "$MG_SECRET" --tag M
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# Drives MILLION_KEYS unique requests through a fresh hookguard and reads its RSS; sets
+# MILLION_LINE.
+million_run() {
     start_hookguard million "$MILLION_THREADS" 0
-    pid=$LAST_PID
+    local pid=$LAST_PID
     sleep 0.3
+    local idle
     idle=$(rss_kib "$pid")
-    log "driving $MILLION_KEYS unique requests through hookguard (threads $MILLION_THREADS; idle RSS $((idle / 1024)) MiB)"
+    log "driving $MILLION_KEYS unique requests through hookguard (threads $MILLION_THREADS; idle RSS $(mib "$idle") MiB)"
+    local started
     started=$(date +%s.%N)
     WRK_THREADS=1 WRK_RESULT="$WORK/million.res" wrk -t1 -c"$CONNECTIONS" -d3600s --timeout 10s \
         -s "$BENCH/requests.lua" "http://127.0.0.1:$HG_PORT/webhooks/mailgun" -- \
         "$WORK/million.txt" once >"$WORK/million.out" 2>&1 &
-    wrk_pid=$!
+    local wrk_pid=$!
     PIDS+=("$wrk_pid")
     # wrk waits out its whole duration even when the requests ran out: stop it once all are in.
+    local done_n
     while kill -0 "$wrk_pid" 2>/dev/null; do
         sleep 1
         done_n=$(curl -fsS "http://127.0.0.1:$HG_ADMIN/metrics" |
-            awk '/^hookguard_requests_total\{/ {s += $NF} END {print s + 0}')
+            awk '/^hookguard_requests_total\{.*outcome="forwarded"/ {s += $NF} END {print s + 0}')
         if [ "$done_n" -ge "$MILLION_KEYS" ]; then break; fi
     done
     kill -INT "$wrk_pid" 2>/dev/null || true
     wait "$wrk_pid" 2>/dev/null || true
+    stop_pid "$wrk_pid"
+    local elapsed entries outs rss hwm
     elapsed=$(python3 -c "import time; print(f'{time.time() - $started:.0f}')")
     sleep 1
     entries=$(replay_entries "$HG_ADMIN")
     outs=$(outcomes "$HG_ADMIN")
     rss=$(rss_kib "$pid")
     hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
-    mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-    MILLION_LINE="threads $MILLION_THREADS: idle $(mib "$idle") MiB; holding $entries replay keys: RSS $(mib "$rss") MiB (peak $(mib "$hwm") MiB); $MILLION_KEYS requests in ${elapsed}s; outcomes: $outs"
+    MILLION_LINE="threads $MILLION_THREADS: idle $(mib "$idle") MiB; holding $entries replay keys (max_entries 1000000): RSS $(mib "$rss") MiB (peak $(mib "$hwm") MiB); driven in ${elapsed}s; outcomes: $outs"
     log "$MILLION_LINE"
     stop_pid "$pid"
+}
+
+MILLION_LINE="(skipped: --no-million)"
+ALT_MILLION_LINE=""
+if [ "$MILLION" = 1 ]; then
+    # 2% more than needed: wrk is stopped (from a once-a-second check of hookguard's own
+    # counter) once MILLION_KEYS were forwarded, before it can run out.
+    log "generating $MILLION_KEYS (+2%) small signed requests"
+    python3 "$BENCH/gen.py" mailgun-small "$((MILLION_KEYS + MILLION_KEYS / 50))" "$WORK/million.txt" \
+        --secret "$MG_SECRET" --tag M
+    million_run
+    if [ "$HAVE_ALT" = 1 ]; then
+        first=$MILLION_LINE
+        USE_ALT=1
+        million_run
+        USE_ALT=0
+        ALT_MILLION_LINE=$MILLION_LINE
+        MILLION_LINE=$first
+    fi
 fi
 echo "million: $MILLION_LINE" >>"$META"
-echo "stripe: $([ "$HAVE_STRIPE" = 1 ] && echo measured || echo pending)" >>"$META"
-echo "standard_webhooks: $([ "$HAVE_STANDARD" = 1 ] && echo measured || echo pending)" >>"$META"
+if [ "$HAVE_ALT" = 1 ]; then
+    echo "alt: $ALT_LABEL" >>"$META"
+    [ -n "$ALT_MILLION_LINE" ] && echo "million (alt): $ALT_MILLION_LINE" >>"$META"
+fi
+echo "stripe: $([ "$HAVE_STRIPE" = 1 ] && echo "in this build's REGISTRY" || echo pending)" >>"$META"
+echo "standard_webhooks: $([ "$HAVE_STANDARD" = 1 ] && echo "in this build's REGISTRY" || echo pending)" >>"$META"
 echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$META"
 
 python3 "$BENCH/report.py" "$RESULTS" "$META" | tee "$OUT/table.md"

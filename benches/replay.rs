@@ -40,7 +40,21 @@ impl Keys {
     }
 }
 
+/// Resident set of this process, KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn filled(n: u64) -> Arc<ReplayGuard> {
+    let before = rss_kib();
     let guard = Arc::new(ReplayGuard::new(1_000_000, IN_FLIGHT));
     let mut keys = Keys::new(0xfff);
     for _ in 0..n {
@@ -50,7 +64,16 @@ fn filled(n: u64) -> Arc<ReplayGuard> {
                 .commit(TTL),
         );
     }
-    guard.len();
+    let held = guard.len();
+    if n > 0 {
+        // What the RSS target (256 MiB with a million keys) is up against: the guard alone.
+        let grown = rss_kib().saturating_sub(before);
+        eprintln!(
+            "replay guard holding {held} keys: RSS grew by {:.1} MiB ({} bytes per key)",
+            grown as f64 / 1024.0,
+            grown * 1024 / held.max(1)
+        );
+    }
     guard
 }
 
