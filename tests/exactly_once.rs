@@ -40,9 +40,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 const UPSTREAM_CONNECT: Duration = Duration::from_secs(1);
-const UPSTREAM_READ: Duration = Duration::from_secs(3);
+const UPSTREAM_READ: Duration = Duration::from_secs(4);
 /// A hung upstream request outlives hookguard's `upstream_read`, then answers 503.
-const HANG: Duration = Duration::from_millis(3600);
+const HANG: Duration = Duration::from_millis(4600);
 /// A slow upstream accepts within `upstream_read` (with a wide margin), but after the
 /// client's short timeout.
 const SLOW_ACCEPT: Duration = Duration::from_millis(1200);
