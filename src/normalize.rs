@@ -8,7 +8,8 @@
 
 use base64::Engine;
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 
 use crate::body::{Body, BodyError, FieldValue, Fields, MediaType};
 
@@ -74,50 +75,110 @@ fn has_insignificant_whitespace(raw: &[u8]) -> bool {
     false
 }
 
-/// Form or multipart fields as one JSON object, keys in order of first appearance.
+/// Form or multipart fields as one JSON object, keys in order of first appearance; the values
+/// of a repeated name become an array, in order. Written straight to bytes (no intermediate
+/// `serde_json::Value` holding copies of every field).
 pub fn fields_to_json(fields: &Fields) -> Bytes {
-    let mut map = Map::with_capacity(fields.0.len());
-    for field in &fields.0 {
-        let value = field_value(&field.value);
-        match map.get_mut(&field.name) {
-            None => {
-                map.insert(field.name.clone(), value);
+    let list = &fields.0;
+    let n = list.len();
+    // Chain the fields of each name: `next[i]` is the next field with the name of field `i`.
+    const END: usize = usize::MAX;
+    let mut next = vec![END; n];
+    let mut tail = vec![END; n];
+    let mut heads: HashMap<&str, usize> = HashMap::with_capacity(n);
+    for (i, field) in list.iter().enumerate() {
+        match heads.entry(field.name.as_str()) {
+            Entry::Vacant(e) => {
+                e.insert(i);
+                tail[i] = i;
             }
-            // Field values are strings or objects, never arrays: an array is one we built.
-            Some(Value::Array(items)) => items.push(value),
-            Some(existing) => {
-                let first = existing.take();
-                *existing = Value::Array(vec![first, value]);
+            Entry::Occupied(e) => {
+                let head = *e.get();
+                next[tail[head]] = i;
+                tail[head] = i;
             }
         }
     }
-    // Serializing a Value to a Vec cannot fail (string keys, no non-finite floats).
-    Bytes::from(serde_json::to_vec(&Value::Object(map)).unwrap_or_default())
+    let estimate: usize = list
+        .iter()
+        .map(|f| {
+            f.name.len()
+                + 6
+                + match &f.value {
+                    FieldValue::Text(t) => t.len(),
+                    FieldValue::File { data, .. } => data.len() * 4 / 3 + 96,
+                }
+        })
+        .sum();
+    let mut out = Vec::with_capacity(estimate + 2);
+    out.push(b'{');
+    for (i, field) in list.iter().enumerate() {
+        // Only the first field of each name opens its key (`tail` is set for those alone).
+        if tail[i] == END {
+            continue;
+        }
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        write_json_str(&mut out, &field.name);
+        out.push(b':');
+        if next[i] == END {
+            write_field_value(&mut out, &field.value);
+            continue;
+        }
+        out.push(b'[');
+        let mut j = i;
+        loop {
+            write_field_value(&mut out, &list[j].value);
+            j = next[j];
+            if j == END {
+                break;
+            }
+            out.push(b',');
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    Bytes::from(out)
 }
 
-fn field_value(value: &FieldValue) -> Value {
+/// A JSON string, escaped by serde_json (writing into a Vec cannot fail).
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn write_field_value(out: &mut Vec<u8>, value: &FieldValue) {
     match value {
-        FieldValue::Text(t) => Value::String(t.clone()),
+        FieldValue::Text(t) => write_json_str(out, t),
         FieldValue::File {
             filename,
             content_type,
             data,
         } => {
-            let mut obj = Map::with_capacity(4);
-            obj.insert(
-                "filename".into(),
-                filename.clone().map_or(Value::Null, Value::String),
+            out.extend_from_slice(b"{\"filename\":");
+            match filename {
+                Some(f) => write_json_str(out, f),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"content_type\":");
+            match content_type {
+                Some(c) => write_json_str(out, c),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(
+                format!(",\"size\":{},\"content_base64\":\"", data.len()).as_bytes(),
             );
-            obj.insert(
-                "content_type".into(),
-                content_type.clone().map_or(Value::Null, Value::String),
+            // Base64's alphabet needs no escaping in a JSON string.
+            let start = out.len();
+            out.resize(
+                start + base64::encoded_len(data.len(), true).unwrap_or(0),
+                0,
             );
-            obj.insert("size".into(), Value::from(data.len()));
-            obj.insert(
-                "content_base64".into(),
-                Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
-            );
-            Value::Object(obj)
+            let written = base64::engine::general_purpose::STANDARD
+                .encode_slice(data, &mut out[start..])
+                .unwrap_or(0);
+            out.truncate(start + written);
+            out.extend_from_slice(b"\"}");
         }
     }
 }

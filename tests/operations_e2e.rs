@@ -68,7 +68,9 @@ fn sighup_with_a_changed_secret_switches_keys_for_new_requests() {
     );
     assert_eq!(new.status, 200);
     assert_eq!(up.count(), 2);
-    assert!(!proxy.log().contains(new_key), "reload logs no secret");
+    // Wait for the reload's lines (logs are flushed in batches) before checking them.
+    let log = proxy.log_when(|l| l.contains("config reloaded"));
+    assert!(!log.contains(new_key), "reload logs no secret");
 }
 
 #[test]
@@ -88,7 +90,7 @@ fn sighup_with_a_broken_file_keeps_the_old_config() {
         200,
         "old config serves"
     );
-    let log = proxy.log();
+    let log = proxy.log_when(|l| l.contains("config reload failed"));
     assert!(
         log.contains("config.yaml:5:15: unknown provider `nope`"),
         "errors logged with positions:\n{log}"
@@ -231,7 +233,9 @@ fn secrets_from_environment_and_files() {
         resp.status, 401,
         "the file's trailing newline is not part of the key"
     );
-    let everything = format!("{}{}", proxy.log(), proxy.metrics());
+    // All three requests logged (lines are flushed in batches) before looking for secrets.
+    let log = proxy.log_when(|l| l.matches("hookguard::request").count() >= 3);
+    let everything = format!("{log}{}", proxy.metrics());
     for secret in ["key-from-the-environment", "key-from-a-mounted-file"] {
         assert!(!everything.contains(secret), "{secret} leaked");
     }

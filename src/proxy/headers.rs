@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::Version;
 use pingora::http::RequestHeader;
 use pingora::Result;
@@ -39,17 +39,17 @@ pub struct Forwarding<'a> {
     pub content_length: usize,
 }
 
-/// Builds the upstream request header from the client's.
+/// Builds the upstream request header from the client's: one pass over its headers, copying
+/// the ones that describe the message.
 pub fn upstream_request(client: &RequestHeader, f: &Forwarding<'_>) -> Result<RequestHeader> {
-    let mut req = client.clone();
+    let mut req = RequestHeader::build_no_case(
+        client.method.clone(),
+        f.path_and_query.as_bytes(),
+        Some(client.headers.len() + 6),
+    )?;
     req.set_version(Version::HTTP_11);
-    req.set_uri(
-        f.path_and_query
-            .parse()
-            .map_err(|_| pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader))?,
-    );
 
-    // Headers named in `Connection` are hop-by-hop too.
+    // Headers named in `Connection` are hop-by-hop too (rare beyond keep-alive and close).
     let listed: Vec<String> = client
         .headers
         .get_all(http::header::CONNECTION)
@@ -57,41 +57,46 @@ pub fn upstream_request(client: &RequestHeader, f: &Forwarding<'_>) -> Result<Re
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.is_empty() && t != "keep-alive" && t != "close")
         .collect();
-    let doomed: Vec<HeaderName> = client
-        .headers
-        .keys()
-        .filter(|name| {
-            let n = name.as_str();
-            HOP_BY_HOP.contains(&n) || n.starts_with("x-webhook-") || listed.iter().any(|l| l == n)
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
-        req.remove_header(&name);
+    for (name, value) in client.headers.iter() {
+        let n = name.as_str();
+        let dropped = HOP_BY_HOP.contains(&n)
+            || n.starts_with("x-webhook-")
+            || (f.content_type.is_some() && name == http::header::CONTENT_TYPE)
+            // Rewritten below with the peer appended.
+            || name == "x-forwarded-for"
+            || listed.iter().any(|l| l == n);
+        if !dropped {
+            req.append_header(name.clone(), value.clone())?;
+        }
     }
 
     if let Some(ct) = f.content_type {
         req.insert_header(http::header::CONTENT_TYPE, ct)?;
     }
     req.insert_header(http::header::CONTENT_LENGTH, f.content_length)?;
-    req.insert_header("X-Webhook-Provider", f.provider)?;
-    req.insert_header("X-Webhook-Route", header_safe(f.route))?;
-    req.insert_header("X-Webhook-Id", header_safe(f.replay_key))?;
+    req.insert_header("x-webhook-provider", f.provider)?;
+    req.insert_header("x-webhook-route", header_safe(f.route))?;
+    req.insert_header("x-webhook-id", header_safe(f.replay_key))?;
     if let Some(ts) = f.timestamp {
-        req.insert_header("X-Webhook-Timestamp", ts)?;
+        req.insert_header("x-webhook-timestamp", ts)?;
     }
-    if let Some(ip) = f.peer_ip {
-        let xff = match client
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-            _ => ip.to_string(),
-        };
-        req.insert_header("X-Forwarded-For", xff)?;
+    let prior: Vec<&str> = client
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    match (f.peer_ip, prior.is_empty()) {
+        (Some(ip), true) => req.insert_header("x-forwarded-for", ip.to_string())?,
+        (Some(ip), false) => {
+            req.insert_header("x-forwarded-for", format!("{}, {ip}", prior.join(", ")))?
+        }
+        (None, false) => req.insert_header("x-forwarded-for", prior.join(", "))?,
+        (None, true) => {}
     }
     Ok(req)
 }
