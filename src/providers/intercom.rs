@@ -65,11 +65,7 @@ impl Provider for Intercom {
     }
 
     fn summary(&self) -> String {
-        format!(
-            "{} secret(s), ttl {}",
-            self.secrets.len(),
-            humantime::format_duration(self.ttl)
-        )
+        super::summary_window(self.secrets.len(), "ttl", self.ttl)
     }
 
     fn sign(&self, req: &SignRequest<'_>, _now: SystemTime) -> Result<Signed, SignError> {

@@ -84,11 +84,7 @@ impl Provider for Linear {
     }
 
     fn summary(&self) -> String {
-        format!(
-            "{} secret(s), tolerance {}",
-            self.secrets.len(),
-            humantime::format_duration(self.tolerance)
-        )
+        super::summary_window(self.secrets.len(), "tolerance", self.tolerance)
     }
 
     /// Sets the body's `webhookTimestamp` to now, then signs it.

@@ -86,11 +86,7 @@ impl Provider for Mailgun {
     }
 
     fn summary(&self) -> String {
-        format!(
-            "{} secret(s), tolerance {}",
-            self.secrets.len(),
-            humantime::format_duration(self.tolerance)
-        )
+        super::summary_window(self.secrets.len(), "tolerance", self.tolerance)
     }
 
     /// Adds a fresh `signature` object to a JSON body, or `timestamp`/`token`/`signature`

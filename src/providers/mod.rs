@@ -249,6 +249,11 @@ pub const SECRET_KEYS: &[&str] = &["secrets", "secret", "password", "public_key"
 
 // ---- helpers shared by providers ----
 
+/// `N secret(s), tolerance 5m` (or `ttl 1day`): the usual `summary()` of a provider.
+pub fn summary_window(secrets: usize, what: &str, window: Duration) -> String {
+    format!("{secrets} secret(s), {what} {}", humantime::format_duration(window))
+}
+
 /// Unix seconds of `now`.
 pub fn unix_now(now: SystemTime) -> i64 {
     match now.duration_since(UNIX_EPOCH) {

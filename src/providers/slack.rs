@@ -69,11 +69,7 @@ impl Provider for Slack {
     }
 
     fn summary(&self) -> String {
-        format!(
-            "{} secret(s), tolerance {}",
-            self.secrets.len(),
-            humantime::format_duration(self.tolerance)
-        )
+        super::summary_window(self.secrets.len(), "tolerance", self.tolerance)
     }
 
     /// Slack posts JSON (Events API) or forms (slash commands, interactivity): a body that

@@ -122,11 +122,7 @@ impl Provider for StandardWebhooks {
     }
 
     fn summary(&self) -> String {
-        format!(
-            "{} secret(s), tolerance {}",
-            self.keys.len(),
-            humantime::format_duration(self.tolerance)
-        )
+        super::summary_window(self.keys.len(), "tolerance", self.tolerance)
     }
 
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {

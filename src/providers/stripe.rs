@@ -91,11 +91,7 @@ impl Provider for Stripe {
     }
 
     fn summary(&self) -> String {
-        format!(
-            "{} secret(s), tolerance {}",
-            self.secrets.len(),
-            humantime::format_duration(self.tolerance)
-        )
+        super::summary_window(self.secrets.len(), "tolerance", self.tolerance)
     }
 
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
