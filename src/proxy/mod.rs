@@ -27,6 +27,7 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::time::fast_timeout::fast_timeout;
 use pingora::ErrorType;
 
 use crate::body::Body;
@@ -207,11 +208,14 @@ impl HttpServerApp for GatewayApp {
         // bytes already arrived is still served (biased select). Pingora times out each read,
         // not the whole header, so a client trickling one byte at a time (slow-loris) is cut
         // off by a deadline for the header as a whole: the idle allowance plus `client_read`.
+        // Deadlines use Pingora's coarse shared timers (10 ms buckets, as for its own read
+        // timeouts): a tokio timer per request woke the runtime's driver through an eventfd
+        // write on every request.
         let mut shutdown = shutdown.clone();
         let header_deadline = t.keepalive + t.client_read;
         let read = tokio::select! {
             biased;
-            r = tokio::time::timeout(header_deadline, session.read_request()) => match r {
+            r = fast_timeout(header_deadline, session.read_request()) => match r {
                 Ok(r) => r,
                 Err(_) => return None,
             },
@@ -656,7 +660,7 @@ async fn read_body(
             None => first.unwrap_or_default(),
         })
     };
-    match tokio::time::timeout(deadline, read).await {
+    match fast_timeout(deadline, read).await {
         Ok(r) => r,
         Err(_) => Err(BodyRead::TimedOut),
     }
