@@ -610,3 +610,64 @@ fn a_captured_delivery_resent_under_a_new_unsigned_id_is_refused() {
     assert_eq!(up.count(), 2);
     assert_eq!(up.received()[1].header("x-webhook-id"), Some("d-original"));
 }
+
+/// Discord signs with Ed25519 (no shared secret, so `hookguard sign` cannot make these): an
+/// application command and a PING are forwarded (the application answers PONG itself); a
+/// signature by another key, a tampered body, a stale timestamp and a resent interaction are
+/// refused before the upstream.
+#[test]
+fn discord_interactions_and_ping_forwarded_forgeries_refused() {
+    use ed25519_dalek::{Signer, SigningKey};
+    let app_key = SigningKey::from_bytes(&[5; 32]);
+    let up = Upstream::start();
+    let proxy = Proxy::start(&format!(
+        "upstream: \"{}\"\nroutes:\n  - name: discord\n    path: /discord\n    provider: discord\n    public_key: \"{}\"\n",
+        up.url(),
+        hex::encode(app_key.verifying_key().to_bytes()),
+    ));
+    let signed = |key: &SigningKey, ts: u64, body: &[u8]| {
+        let ts = ts.to_string();
+        let mut message = ts.clone().into_bytes();
+        message.extend_from_slice(body);
+        (hex::encode(key.sign(&message).to_bytes()), ts)
+    };
+    let send = |sig: &str, ts: &str, body: &[u8]| {
+        let h = [
+            JSON,
+            ("X-Signature-Ed25519", sig),
+            ("X-Signature-Timestamp", ts),
+        ];
+        post(proxy.port, "/discord", &h, body)
+    };
+
+    let command_id = token();
+    let command = format!(r#"{{"id":"{command_id}","type":2,"data":{{"name":"ping"}}}}"#);
+    let (sig, ts) = signed(&app_key, now(), command.as_bytes());
+    let resp = send(&sig, &ts, command.as_bytes());
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let ping_id = token();
+    let ping = format!(r#"{{"id":"{ping_id}","type":1}}"#);
+    let (ping_sig, ping_ts) = signed(&app_key, now(), ping.as_bytes());
+    assert_eq!(send(&ping_sig, &ping_ts, ping.as_bytes()).status, 200);
+    let got = up.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].header("x-webhook-provider"), Some("discord"));
+    assert_eq!(got[0].header("x-webhook-id"), Some(command_id.as_str()));
+    assert_eq!(got[0].body, command.as_bytes());
+    assert_eq!(got[1].header("x-webhook-id"), Some(ping_id.as_str()));
+
+    // The same interaction again: a replay.
+    rejected(&send(&sig, &ts, command.as_bytes()), 409, "replayed");
+    // Signed by a key that is not the application's.
+    let fresh = format!(r#"{{"id":"{}","type":2}}"#, token());
+    let (forged, fts) = signed(&SigningKey::from_bytes(&[6; 32]), now(), fresh.as_bytes());
+    rejected(&send(&forged, &fts, fresh.as_bytes()), 401, "bad_signature");
+    // A genuine signature over another body.
+    let (good, gts) = signed(&app_key, now(), fresh.as_bytes());
+    let tampered = fresh.replace(r#""type":2"#, r#""type":3"#);
+    rejected(&send(&good, &gts, tampered.as_bytes()), 401, "bad_signature");
+    // A genuine signature, ten minutes old.
+    let (old, ots) = signed(&app_key, now() - 600, fresh.as_bytes());
+    rejected(&send(&old, &ots, fresh.as_bytes()), 401, "stale_timestamp");
+    assert_eq!(up.count(), 2, "no refused request reached the upstream");
+}
