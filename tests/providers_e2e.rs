@@ -665,7 +665,11 @@ fn discord_interactions_and_ping_forwarded_forgeries_refused() {
     // A genuine signature over another body.
     let (good, gts) = signed(&app_key, now(), fresh.as_bytes());
     let tampered = fresh.replace(r#""type":2"#, r#""type":3"#);
-    rejected(&send(&good, &gts, tampered.as_bytes()), 401, "bad_signature");
+    rejected(
+        &send(&good, &gts, tampered.as_bytes()),
+        401,
+        "bad_signature",
+    );
     // A genuine signature, ten minutes old.
     let (old, ots) = signed(&app_key, now() - 600, fresh.as_bytes());
     rejected(&send(&old, &ots, fresh.as_bytes()), 401, "stale_timestamp");

@@ -244,3 +244,89 @@ fn check_shows_the_store_without_its_password() {
     );
     assert!(!stdout.contains("hunter2"), "{stdout}");
 }
+
+/// `rediss://` with a private CA and a client certificate (a Redis with `tls-auth-clients
+/// yes`): two replicas share the store over TLS. A replica that does not trust the CA, or
+/// has no client certificate, cannot reach the store and refuses with 503 rather than
+/// forwarding unguarded; nothing it refuses reaches the upstream.
+#[test]
+fn replicas_share_a_tls_redis_and_an_untrusted_server_is_not_used() {
+    let Some(redis) =
+        TestRedis::private_tls("replicas_share_a_tls_redis_and_an_untrusted_server_is_not_used")
+    else {
+        return;
+    };
+    let tls = redis.tls.as_ref().expect("TLS files");
+    let up = Upstream::start();
+    let prefix = unique_prefix("e2e-tls");
+    let proxy = |ca: bool, client_cert: bool| {
+        let mut top = format!(
+            "timeouts:\n  upstream_read: 3s\nreplay:\n  backend: redis\n  redis_url: \"${{HG_TEST_REDIS}}\"\n  redis_prefix: \"{prefix}\"\n  redis_timeout: 1s\n  on_store_error: reject\n"
+        );
+        if ca {
+            top.push_str(&format!(
+                "  redis_tls_ca_cert_file: \"{}\"\n",
+                tls.ca_cert.display()
+            ));
+        }
+        if client_cert {
+            top.push_str(&format!(
+                "  redis_tls_cert_file: \"{}\"\n  redis_tls_key_file: \"{}\"\n",
+                tls.client_cert.display(),
+                tls.client_key.display()
+            ));
+        }
+        Proxy::start_with(
+            &mailgun_config(&up, &top, ""),
+            &[],
+            &[("HG_TEST_REDIS", redis.url.as_str())],
+        )
+    };
+    let a = proxy(true, true);
+    let b = proxy(true, true);
+    wait_connected(&a);
+    wait_connected(&b);
+    let body = mg_json(&token());
+    assert_eq!(post(a.port, "/mg", &[JSON], &body).status, 200);
+    let again = post(b.port, "/mg", &[JSON], &body);
+    assert_eq!(
+        (again.status, again.error().as_str()),
+        (409, "replayed"),
+        "the second replica saw the first one's key through the TLS store"
+    );
+    let forwarded = up.count();
+
+    // The system's roots do not include the test CA: the server's certificate is refused.
+    let untrusting = proxy(false, true);
+    // A trusted server, but no client certificate for it to accept.
+    let anonymous = proxy(true, false);
+    for (who, p) in [("untrusting", &untrusting), ("anonymous", &anonymous)] {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let r = post(p.port, "/mg", &[JSON], &mg_json(&token()));
+            assert_eq!(
+                (r.status, r.error().as_str()),
+                (503, "replay_store_unavailable"),
+                "{who}: {}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    assert_eq!(
+        up.count(),
+        forwarded,
+        "no refused request reached the upstream"
+    );
+    // And for the reasons meant (rustls's words), not, say, a wrong port.
+    assert!(
+        untrusting.log().contains("UnknownIssuer"),
+        "{}",
+        untrusting.log()
+    );
+    assert!(
+        anonymous.log().contains("CertificateRequired"),
+        "{}",
+        anonymous.log()
+    );
+}

@@ -17,7 +17,7 @@ pub mod secret;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,8 +106,15 @@ impl ReplaySettings {
         match &self.store {
             ReplayStore::Memory => format!("replay memory (max_entries {})", self.max_entries),
             ReplayStore::Redis(r) => format!(
-                "replay redis {} (prefix {:?}, timeout {}, on_store_error {}, local max_entries {})",
+                "replay redis {}{} (prefix {:?}, timeout {}, on_store_error {}, local max_entries {})",
                 r.display,
+                match &r.tls {
+                    None => "",
+                    Some(RedisTls { ca_cert: Some(_), client: Some(_) }) => " with a private CA and a client certificate",
+                    Some(RedisTls { ca_cert: Some(_), client: None }) => " with a private CA",
+                    Some(RedisTls { ca_cert: None, client: Some(_) }) => " with a client certificate",
+                    Some(RedisTls { ca_cert: None, client: None }) => "",
+                },
                 r.prefix,
                 humantime::format_duration(r.timeout),
                 match self.on_store_error {
@@ -139,6 +146,25 @@ pub struct RedisSettings {
     pub prefix: String,
     /// Bound on each Redis call.
     pub timeout: Duration,
+    /// For `rediss://`: a private CA and/or a client certificate, read from their files when
+    /// the config is loaded (and again on every reload). `None`: the system's roots.
+    pub tls: Option<RedisTls>,
+}
+
+/// PEM material for a `rediss://` connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    /// CA certificate(s) that sign the server's certificate, instead of the system's roots.
+    pub ca_cert: Option<Vec<u8>>,
+    /// Certificate and private key for servers that ask for one (`tls-auth-clients yes`).
+    pub client: Option<RedisClientCert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisClientCert {
+    pub cert: Vec<u8>,
+    /// The private key in PEM: redacted in `Debug`.
+    pub key: Secret,
 }
 
 pub const DEFAULT_REDIS_PREFIX: &str = "hookguard:replay:";
@@ -334,6 +360,9 @@ struct RawReplay {
     redis_prefix: Option<String>,
     #[serde(default, with = "humantime_serde")]
     redis_timeout: Option<Duration>,
+    redis_tls_ca_cert_file: Option<PathBuf>,
+    redis_tls_cert_file: Option<PathBuf>,
+    redis_tls_key_file: Option<PathBuf>,
     on_store_error: Option<OnStoreError>,
 }
 
@@ -671,6 +700,107 @@ impl Loader<'_> {
         t
     }
 
+    /// The `rediss://` certificate files: read and checked to be PEM now, so that a wrong
+    /// path or file is reported with the rest of the config, not at the first connection.
+    /// `tls_url`: whether `redis_url` is `rediss://` (`None` when it is missing or invalid).
+    fn redis_tls(
+        &mut self,
+        raw: &RawReplay,
+        path: &YPath,
+        tls_url: Option<bool>,
+    ) -> Option<RedisTls> {
+        let files = [
+            ("redis_tls_ca_cert_file", &raw.redis_tls_ca_cert_file),
+            ("redis_tls_cert_file", &raw.redis_tls_cert_file),
+            ("redis_tls_key_file", &raw.redis_tls_key_file),
+        ];
+        if files.iter().all(|(_, f)| f.is_none()) {
+            return None;
+        }
+        if tls_url == Some(false) {
+            for (key, _) in files.iter().filter(|(_, f)| f.is_some()) {
+                self.error_at_key(
+                    &path.key(key),
+                    format!("`replay.{key}` applies only to a `rediss://` (TLS) `redis_url`"),
+                );
+            }
+            return None;
+        }
+        if raw.redis_tls_cert_file.is_some() != raw.redis_tls_key_file.is_some() {
+            let given = if raw.redis_tls_cert_file.is_some() {
+                "redis_tls_cert_file"
+            } else {
+                "redis_tls_key_file"
+            };
+            self.error_at_key(
+                &path.key(given),
+                "`replay.redis_tls_cert_file` and `replay.redis_tls_key_file` go together: a client certificate needs its key".into(),
+            );
+        }
+        let mut read = |key: &str, file: &Option<PathBuf>, check: fn(&[u8]) -> bool, what: &str| {
+            let file = file.as_ref()?;
+            match std::fs::read(file) {
+                Ok(bytes) if check(&bytes) => Some(bytes),
+                Ok(_) => {
+                    self.error_at_value(
+                        &path.key(key),
+                        format!("`replay.{key}`: {} holds no {what} in PEM", file.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.error_at_value(
+                        &path.key(key),
+                        format!("`replay.{key}`: cannot read {}: {e}", file.display()),
+                    );
+                    None
+                }
+            }
+        };
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        fn certificates(pem: &[u8]) -> bool {
+            let mut any = false;
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                if cert.is_err() {
+                    return false;
+                }
+                any = true;
+            }
+            any
+        }
+        fn private_key(pem: &[u8]) -> bool {
+            PrivateKeyDer::from_pem_slice(pem).is_ok()
+        }
+        let ca_cert = read(
+            "redis_tls_ca_cert_file",
+            &raw.redis_tls_ca_cert_file,
+            certificates,
+            "certificate",
+        );
+        let cert = read(
+            "redis_tls_cert_file",
+            &raw.redis_tls_cert_file,
+            certificates,
+            "certificate",
+        );
+        let key = read(
+            "redis_tls_key_file",
+            &raw.redis_tls_key_file,
+            private_key,
+            "private key",
+        );
+        let client = match (cert, key) {
+            (Some(cert), Some(key)) => Some(RedisClientCert {
+                cert,
+                // PEM is ASCII; a key file that is not UTF-8 failed the PEM check above.
+                key: Secret::new(String::from_utf8_lossy(&key).into_owned()),
+            }),
+            _ => None,
+        };
+        Some(RedisTls { ca_cert, client })
+    }
+
     fn replay(&mut self, top: &Mapping) -> ReplaySettings {
         let path = YPath::root().key("replay");
         if let Some(Value::Mapping(m)) = top.get("replay") {
@@ -694,6 +824,12 @@ impl Loader<'_> {
                     ("redis_url", raw.redis_url.is_some()),
                     ("redis_prefix", raw.redis_prefix.is_some()),
                     ("redis_timeout", raw.redis_timeout.is_some()),
+                    (
+                        "redis_tls_ca_cert_file",
+                        raw.redis_tls_ca_cert_file.is_some(),
+                    ),
+                    ("redis_tls_cert_file", raw.redis_tls_cert_file.is_some()),
+                    ("redis_tls_key_file", raw.redis_tls_key_file.is_some()),
                     ("on_store_error", raw.on_store_error.is_some()),
                 ] {
                     if given {
@@ -721,25 +857,24 @@ impl Loader<'_> {
                         );
                         None
                     }
-                    Some(url) => match redacted_redis_url(url.expose()) {
-                        Some(display) => Some(display),
-                        None => {
-                            self.error_at_value(
-                                &path.key("redis_url"),
-                                "`replay.redis_url`: not a Redis URL like redis://[:PASSWORD@]HOST[:PORT][/DB] or unix:///path/to/redis.sock (value not shown: it may hold a password)".into(),
-                            );
+                    Some(url) => match redis_url_shape(url.expose()) {
+                        Ok(shape) => Some(shape),
+                        Err(message) => {
+                            self.error_at_value(&path.key("redis_url"), message.into());
                             None
                         }
                     },
                 };
+                let tls = self.redis_tls(&raw, &path, display.as_ref().map(|(_, tls)| *tls));
                 match (raw.redis_url, display) {
-                    (Some(url), Some(display)) => ReplayStore::Redis(RedisSettings {
+                    (Some(url), Some((display, _))) => ReplayStore::Redis(RedisSettings {
                         url,
                         display,
                         prefix: raw
                             .redis_prefix
                             .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned()),
                         timeout,
+                        tls,
                     }),
                     _ => ReplayStore::Memory,
                 }
@@ -916,13 +1051,21 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// A Redis URL without its user and password (`redis://HOST:PORT/DB`), if it parses.
-fn redacted_redis_url(url: &str) -> Option<String> {
-    let client = redis::Client::open(url).ok()?;
+/// A Redis URL without its user and password (`redis://HOST:PORT/DB`), and whether it is
+/// `rediss://` (TLS). The messages never quote the URL: it may hold a password.
+fn redis_url_shape(url: &str) -> Result<(String, bool), &'static str> {
+    const NOT_A_URL: &str = "`replay.redis_url`: not a Redis URL like redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or unix:///path/to/redis.sock (value not shown: it may hold a password)";
+    let client = redis::Client::open(url).map_err(|_| NOT_A_URL)?;
     let info = client.get_connection_info();
-    Some(match &info.addr {
-        redis::ConnectionAddr::Unix(path) => format!("unix://{}", path.display()),
-        addr => format!("redis://{addr}/{}", info.redis.db),
+    Ok(match &info.addr {
+        redis::ConnectionAddr::Unix(path) => (format!("unix://{}", path.display()), false),
+        redis::ConnectionAddr::Tcp(..) => (format!("redis://{}/{}", info.addr, info.redis.db), false),
+        redis::ConnectionAddr::TcpTls { insecure: true, .. } => {
+            return Err("`replay.redis_url`: `#insecure` turns off certificate verification, which hookguard does not do; trust a private CA with `replay.redis_tls_ca_cert_file` instead")
+        }
+        redis::ConnectionAddr::TcpTls { .. } => {
+            (format!("rediss://{}/{}", info.addr, info.redis.db), true)
+        }
     })
 }
 

@@ -419,3 +419,127 @@ routes:
         "{errs}"
     );
 }
+
+#[test]
+fn replay_tls_files_are_read_checked_and_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["redis.internal".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let ca = file("ca.pem", &cert.pem());
+    let client = file("client.pem", &cert.pem());
+    let key_pem = key.serialize_pem();
+    let client_key = file("client.key", &key_pem);
+    let not_pem = file("not.pem", "SECRETVALUE, not PEM at all\n");
+    let missing = dir.path().join("missing.pem").display().to_string();
+
+    let tls_config = |url: &str, lines: &str| {
+        format!("replay:\n  backend: redis\n  redis_url: \"{url}\"\n{lines}{ROUTE}")
+    };
+    let c = load(&tls_config(
+        "rediss://:SECRETVALUE@redis.internal:6380/2",
+        &format!("  redis_tls_ca_cert_file: \"{ca}\"\n  redis_tls_cert_file: \"{client}\"\n  redis_tls_key_file: \"{client_key}\"\n"),
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ReplayStore::Redis(r) = &c.replay.store else {
+        panic!("redis backend expected");
+    };
+    assert_eq!(r.display, "rediss://redis.internal:6380/2");
+    let tls = r.tls.as_ref().expect("TLS material");
+    assert_eq!(tls.ca_cert.as_deref(), Some(cert.pem().as_bytes()));
+    let id = tls.client.as_ref().expect("client certificate");
+    assert_eq!(id.key.expose(), key_pem);
+    let summary = c.replay.summary();
+    assert!(
+        summary
+            .contains("rediss://redis.internal:6380/2 with a private CA and a client certificate"),
+        "{summary}"
+    );
+    let debug = format!("{:?}", c.replay);
+    assert!(
+        !debug.contains("PRIVATE KEY"),
+        "the key is redacted: {debug}"
+    );
+    assert!(!debug.contains("SECRETVALUE"));
+
+    // rediss:// alone trusts the system's roots.
+    let c = load(&tls_config("rediss://redis.internal", "")).unwrap_or_else(|e| panic!("{e}"));
+    let ReplayStore::Redis(r) = &c.replay.store else {
+        panic!("redis backend expected");
+    };
+    assert_eq!(
+        (r.display.as_str(), r.tls.is_none()),
+        ("rediss://redis.internal:6379/0", true)
+    );
+
+    // Turning verification off is refused, without quoting the URL.
+    let all = errors(&tls_config(
+        "rediss://:SECRETVALUE@redis.internal/#insecure",
+        "",
+    ))
+    .join("\n");
+    assert!(
+        all.contains("test.yaml:3:14: `replay.redis_url`: `#insecure`"),
+        "{all}"
+    );
+    assert!(!all.contains("SECRETVALUE"), "{all}");
+
+    // TLS files with a plain redis:// URL; a certificate without its key; unreadable and
+    // non-PEM files: all reported at once, with positions, never with a file's contents.
+    let errs = errors(&tls_config(
+        "redis://redis.internal",
+        &format!("  redis_tls_ca_cert_file: \"{ca}\"\n"),
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("test.yaml:4:3: `replay.redis_tls_ca_cert_file` applies only to a `rediss://` (TLS) `redis_url`"),
+        "{errs:?}"
+    );
+    let errs = errors(&tls_config(
+        "rediss://redis.internal",
+        &format!("  redis_tls_ca_cert_file: \"{missing}\"\n  redis_tls_cert_file: \"{not_pem}\"\n"),
+    ));
+    let all = errs.join("\n");
+    assert_eq!(errs.len(), 3, "{all}");
+    assert!(
+        all.contains(&format!(
+            "test.yaml:4:27: `replay.redis_tls_ca_cert_file`: cannot read {missing}"
+        )),
+        "{all}"
+    );
+    assert!(all.contains("test.yaml:5:3: `replay.redis_tls_cert_file` and `replay.redis_tls_key_file` go together"), "{all}");
+    assert!(
+        all.contains(&format!(
+            "test.yaml:5:24: `replay.redis_tls_cert_file`: {not_pem} holds no certificate in PEM"
+        )),
+        "{all}"
+    );
+    let all = errors(&tls_config(
+        "rediss://redis.internal",
+        &format!("  redis_tls_cert_file: \"{client}\"\n  redis_tls_key_file: \"{not_pem}\"\n"),
+    ))
+    .join("\n");
+    assert!(
+        all.contains(&format!(
+            "test.yaml:5:23: `replay.redis_tls_key_file`: {not_pem} holds no private key in PEM"
+        )),
+        "{all}"
+    );
+    assert!(!all.contains("SECRETVALUE"), "{all}");
+
+    // Only with the redis backend.
+    let errs = errors(&format!(
+        "replay:\n  redis_tls_ca_cert_file: \"{ca}\"\n{ROUTE}"
+    ));
+    assert!(
+        errs[0].contains("test.yaml:2:3: `replay.redis_tls_ca_cert_file` applies only with `replay.backend: redis`"),
+        "{errs:?}"
+    );
+}

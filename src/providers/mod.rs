@@ -251,7 +251,10 @@ pub const SECRET_KEYS: &[&str] = &["secrets", "secret", "password", "public_key"
 
 /// `N secret(s), tolerance 5m` (or `ttl 1day`): the usual `summary()` of a provider.
 pub fn summary_window(secrets: usize, what: &str, window: Duration) -> String {
-    format!("{secrets} secret(s), {what} {}", humantime::format_duration(window))
+    format!(
+        "{secrets} secret(s), {what} {}",
+        humantime::format_duration(window)
+    )
 }
 
 /// Unix seconds of `now`.

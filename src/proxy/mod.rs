@@ -26,8 +26,8 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
-use pingora::upstreams::peer::HttpPeer;
 use pingora::time::fast_timeout::fast_timeout;
+use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 
 use crate::body::Body;

@@ -82,6 +82,27 @@ struct Inner {
     release: Script,
 }
 
+/// A client for the configured URL; for `rediss://` with a private CA or a client
+/// certificate, one built with that material (otherwise the system's roots are trusted).
+fn client(settings: &RedisSettings) -> redis::RedisResult<Client> {
+    // rustls needs a process-wide crypto provider; ring is the one compiled in. An error
+    // here means one is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match &settings.tls {
+        Some(tls) if tls.ca_cert.is_some() || tls.client.is_some() => Client::build_with_tls(
+            settings.url.expose(),
+            redis::TlsCertificates {
+                client_tls: tls.client.as_ref().map(|c| redis::ClientTlsConfig {
+                    client_cert: c.cert.clone(),
+                    client_key: c.key.expose().as_bytes().to_vec(),
+                }),
+                root_cert: tls.ca_cert.clone(),
+            },
+        ),
+        _ => Client::open(settings.url.expose()),
+    }
+}
+
 pub struct RedisStore {
     inner: Arc<Inner>,
     handle: Handle,
@@ -109,7 +130,7 @@ impl RedisStore {
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();
-        match Client::open(settings.url.expose()) {
+        match client(settings) {
             Ok(client) => {
                 handle.spawn(connect(
                     Arc::clone(&inner),
@@ -117,8 +138,9 @@ impl RedisStore {
                     settings.display.clone(),
                 ));
             }
-            // The config loader has parsed this URL already; the error could quote it.
-            Err(_) => tracing::error!(redis = %settings.display, "invalid Redis URL"),
+            // The config loader has checked the URL and the PEM files already; the error
+            // could quote the URL.
+            Err(_) => tracing::error!(redis = %settings.display, "invalid Redis URL or TLS files"),
         }
         Ok(RedisStore {
             inner,

@@ -21,6 +21,7 @@ fn settings(url: &str, prefix: &str, on_error: OnStoreError, timeout: Duration) 
             display: "test".into(),
             prefix: prefix.to_owned(),
             timeout,
+            tls: None,
         }),
         on_store_error: on_error,
     }

@@ -19,6 +19,64 @@ pub struct TestRedis {
     pub url: String,
     pub port: Option<u16>,
     child: Option<Child>,
+    /// Where a TLS server's certificates are (`None`: plain TCP).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A private CA, a server certificate for 127.0.0.1 signed by it, and a client certificate
+/// signed by it, as PEM files (made with rcgen for each test run).
+pub struct TlsFiles {
+    pub dir: tempfile::TempDir,
+    pub ca_cert: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    pub fn generate() -> TlsFiles {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "hookguard test CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("leaf key");
+            let mut params = CertificateParams::new(names).expect("leaf params");
+            params.extended_key_usages = vec![usage];
+            let cert = params
+                .signed_by(&key, &ca_cert, &ca_key)
+                .expect("leaf certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_pem, server_key_pem) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_pem, client_key_pem) = leaf(
+            vec!["hookguard-test-client".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write PEM");
+            path
+        };
+        TlsFiles {
+            ca_cert: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_pem),
+            server_key: write("server.key", &server_key_pem),
+            client_cert: write("client.pem", &client_pem),
+            client_key: write("client.key", &client_key_pem),
+            dir,
+        }
+    }
 }
 
 impl TestRedis {
@@ -32,6 +90,7 @@ impl TestRedis {
                 url,
                 port: None,
                 child: None,
+                tls: None,
             });
         }
         Self::private(test)
@@ -39,6 +98,16 @@ impl TestRedis {
 
     /// A private `redis-server` this test may stop, pause and restart.
     pub fn private(test: &str) -> Option<TestRedis> {
+        Self::private_with(test, None)
+    }
+
+    /// A private `redis-server` that speaks only TLS and asks clients for a certificate
+    /// signed by the test CA (`tls-auth-clients yes`, Redis's default).
+    pub fn private_tls(test: &str) -> Option<TestRedis> {
+        Self::private_with(test, Some(TlsFiles::generate()))
+    }
+
+    fn private_with(test: &str, tls: Option<TlsFiles>) -> Option<TestRedis> {
         if !on_path("redis-server") {
             if std::env::var(URL_ENV).is_ok() {
                 panic!("{URL_ENV} is set (CI) but `redis-server` is not on PATH: {test} needs its own instance");
@@ -47,10 +116,12 @@ impl TestRedis {
             return None;
         }
         let port = free_port();
+        let scheme = if tls.is_some() { "rediss" } else { "redis" };
         let mut r = TestRedis {
-            url: format!("redis://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             port: Some(port),
             child: None,
+            tls,
         };
         r.start();
         Some(r)
@@ -59,22 +130,39 @@ impl TestRedis {
     /// (Re)starts the private server on its port.
     pub fn start(&mut self) {
         let port = self.port.expect("a private redis-server");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &port.to_string()]),
+            Some(t) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&t.server_cert)
+                .arg("--tls-key-file")
+                .arg(&t.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&t.ca_cert)
+                .args(["--tls-auth-clients", "yes"]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
         self.child = Some(child);
+        if self.tls.is_some() {
+            // The test's own client would need the same certificates; a listening port is
+            // enough here (the test itself proves the TLS connection works).
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "TLS redis-server on port {port} did not come up"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
         if let Err(e) = wait_for_ping(&self.url, Duration::from_secs(15)) {
             panic!("private redis-server on port {port} did not come up: {e}");
         }
