@@ -26,13 +26,7 @@ pub mod redis_server;
 // Ports
 // ------------------------------------------------------------------------------------------
 
-/// A port that was free a moment ago (the OS does not reuse it right away).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port")
-}
+pub use redis_server::free_port;
 
 // ------------------------------------------------------------------------------------------
 // Upstream
