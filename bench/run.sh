@@ -116,8 +116,26 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A loopback port free a moment ago and not handed out before in this run (the kernel may
+# return a just-released port twice, and Pingora's listeners share a port via SO_REUSEPORT).
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 - "$WORK/ports-given" <<'PY'
+import socket, sys
+path = sys.argv[1]
+try:
+    given = set(open(path).read().split())
+except FileNotFoundError:
+    given = set()
+while True:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+    s.close()
+    if port not in given:
+        break
+open(path, "a").write(port + "\n")
+print(port)
+PY
 }
 
 wait_http() { # URL: until it answers 200, at most 10 s

@@ -557,6 +557,27 @@ impl Loader<'_> {
 
         let listen = self.address(top, "listen", "0.0.0.0:8080");
         let admin_listen = self.address(top, "admin_listen", "127.0.0.1:9090");
+        // Pingora binds with SO_REUSEPORT, so two listeners on one port would both start and
+        // share its connections at random: webhooks would reach the admin service and
+        // health checks the public one.
+        if let (Some(public), Some(admin)) = (listen, admin_listen) {
+            let overlap = public.port() == admin.port()
+                && (public.ip() == admin.ip()
+                    || public.ip().is_unspecified()
+                    || admin.ip().is_unspecified());
+            if overlap {
+                // At whichever of the two the file sets (the other may be a default).
+                let at = if top.contains_key("admin_listen") {
+                    "admin_listen"
+                } else {
+                    "listen"
+                };
+                self.error_at_value(
+                    &YPath::root().key(at),
+                    format!("`admin_listen` {admin} overlaps `listen` {public}: use another port"),
+                );
+            }
+        }
         let default_upstream = match self.get::<String>(top, "upstream") {
             Some(url) => self.upstream(&url, &YPath::root().key("upstream")),
             None => None,

@@ -543,3 +543,33 @@ fn replay_tls_files_are_read_checked_and_never_shown() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn admin_and_public_listeners_must_not_share_a_port() {
+    let with = |listen: &str| format!("{listen}{ROUTE}");
+    let all = errors(&with(
+        "listen: \"127.0.0.1:9000\"\nadmin_listen: \"127.0.0.1:9000\"\n",
+    ))
+    .join("\n");
+    assert!(
+        all.contains(
+            "test.yaml:2:15: `admin_listen` 127.0.0.1:9000 overlaps `listen` 127.0.0.1:9000"
+        ),
+        "{all}"
+    );
+    // A wildcard address overlaps every address on its port; the default admin port too.
+    let all = errors(&with("listen: \"0.0.0.0:9090\"\n")).join("\n");
+    assert!(
+        all.contains("test.yaml:1:9: `admin_listen` 127.0.0.1:9090 overlaps `listen` 0.0.0.0:9090"),
+        "{all}"
+    );
+    // Same port on two different specific addresses is fine, as are different ports.
+    load(&with(
+        "listen: \"127.0.0.2:9000\"\nadmin_listen: \"127.0.0.1:9000\"\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    load(&with(
+        "listen: \"0.0.0.0:8080\"\nadmin_listen: \"127.0.0.1:9090\"\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+}
