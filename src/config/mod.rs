@@ -572,6 +572,8 @@ impl Loader<'_> {
                 } else {
                     "listen"
                 };
+                let admin = self.shown(&YPath::root().key("admin_listen"), &admin.to_string());
+                let public = self.shown(&YPath::root().key("listen"), &public.to_string());
                 self.error_at_value(
                     &YPath::root().key(at),
                     format!("`admin_listen` {admin} overlaps `listen` {public}: use another port"),
@@ -760,20 +762,20 @@ impl Loader<'_> {
         }
         let mut read = |key: &str, file: &Option<PathBuf>, check: fn(&[u8]) -> bool, what: &str| {
             let file = file.as_ref()?;
+            let at = path.key(key);
+            // A path built from `${...}` may carry a secret: not shown then.
+            let shown = self.shown(&at, &file.display().to_string());
             match std::fs::read(file) {
                 Ok(bytes) if check(&bytes) => Some(bytes),
                 Ok(_) => {
                     self.error_at_value(
-                        &path.key(key),
-                        format!("`replay.{key}`: {} holds no {what} in PEM", file.display()),
+                        &at,
+                        format!("`replay.{key}`: {shown} holds no {what} in PEM"),
                     );
                     None
                 }
                 Err(e) => {
-                    self.error_at_value(
-                        &path.key(key),
-                        format!("`replay.{key}`: cannot read {}: {e}", file.display()),
-                    );
+                    self.error_at_value(&at, format!("`replay.{key}`: cannot read {shown}: {e}"));
                     None
                 }
             }
