@@ -646,67 +646,24 @@ fn logs_one_line_per_request_without_secrets_or_bodies() {
 /// rule ("no response byte yet") is the same for a failed write.
 #[test]
 fn a_pooled_connection_closed_by_the_upstream_is_retried_on_a_fresh_one() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (answered, connections) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (a, c) = (Arc::clone(&answered), Arc::clone(&connections));
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let first_connection = c.fetch_add(1, Ordering::SeqCst) == 0;
-            let a = Arc::clone(&a);
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut writer = stream;
-                for n in 0.. {
-                    // One request: header lines, then Content-Length bytes.
-                    let mut length = 0;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let lower = line.to_ascii_lowercase();
-                        if let Some(v) = lower.strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap();
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
-                    if first_connection && n == 1 {
-                        return; // dropped unanswered
-                    }
-                    a.fetch_add(1, Ordering::SeqCst);
-                    writer
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .unwrap();
-                }
-            });
-        }
-    });
-    let proxy = Proxy::start(&format!(
-        "upstream: \"http://127.0.0.1:{port}\"\nroutes:\n  - name: mg\n    path: /mg\n    provider: mailgun\n    secrets: [\"{MG_KEY}\"]\n"
-    ));
-    for attempt in ["first", "second, on the pooled connection"] {
-        let resp = post(proxy.port, "/mg", &[JSON], &mg_json(&token()));
-        assert_eq!(
-            (resp.status, resp.text().as_str()),
-            (200, "ok"),
-            "{attempt}\n{}",
-            proxy.log()
-        );
-    }
-    assert_eq!(answered.load(Ordering::SeqCst), 2);
+    let up = Upstream::start();
+    let proxy = mailgun_proxy(&up);
+    let first = post(proxy.port, "/mg", &[JSON], &mg_json(&token()));
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(up.connections(), 1);
+    // The next request arrives on the pooled connection, which the upstream then drops.
+    up.script([Reply::Reset]);
+    let second = post(proxy.port, "/mg", &[JSON], &mg_json(&token()));
     assert_eq!(
-        connections.load(Ordering::SeqCst),
-        2,
-        "the retry used a fresh connection"
+        (second.status, second.text().as_str()),
+        (200, "{\"ok\":true}"),
+        "{}",
+        proxy.log()
     );
+    assert_eq!(
+        up.count(),
+        3,
+        "the second request reached the upstream twice"
+    );
+    assert_eq!(up.connections(), 2, "the retry used a fresh connection");
 }
