@@ -108,13 +108,7 @@ impl ReplaySettings {
             ReplayStore::Redis(r) => format!(
                 "replay redis {}{} (prefix {:?}, timeout {}, on_store_error {}, local max_entries {})",
                 r.display,
-                match &r.tls {
-                    None => "",
-                    Some(RedisTls { ca_cert: Some(_), client: Some(_) }) => " with a private CA and a client certificate",
-                    Some(RedisTls { ca_cert: Some(_), client: None }) => " with a private CA",
-                    Some(RedisTls { ca_cert: None, client: Some(_) }) => " with a client certificate",
-                    Some(RedisTls { ca_cert: None, client: None }) => "",
-                },
+                r.tls.summary(),
                 r.prefix,
                 humantime::format_duration(r.timeout),
                 match self.on_store_error {
@@ -147,17 +141,34 @@ pub struct RedisSettings {
     /// Bound on each Redis call.
     pub timeout: Duration,
     /// For `rediss://`: a private CA and/or a client certificate, read from their files when
-    /// the config is loaded (and again on every reload). `None`: the system's roots.
-    pub tls: Option<RedisTls>,
+    /// the config is loaded (and again on every reload). Empty: the system's roots, no client
+    /// certificate.
+    pub tls: RedisTls,
 }
 
 /// PEM material for a `rediss://` connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedisTls {
     /// CA certificate(s) that sign the server's certificate, instead of the system's roots.
     pub ca_cert: Option<Vec<u8>>,
     /// Certificate and private key for servers that ask for one (`tls-auth-clients yes`).
     pub client: Option<RedisClientCert>,
+}
+
+impl RedisTls {
+    pub fn is_empty(&self) -> bool {
+        self.ca_cert.is_none() && self.client.is_none()
+    }
+
+    /// For `check` and the startup log: what is configured beyond the URL.
+    fn summary(&self) -> &'static str {
+        match (self.ca_cert.is_some(), self.client.is_some()) {
+            (true, true) => " with a private CA and a client certificate",
+            (true, false) => " with a private CA",
+            (false, true) => " with a client certificate",
+            (false, false) => "",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -726,19 +737,14 @@ impl Loader<'_> {
     /// The `rediss://` certificate files: read and checked to be PEM now, so that a wrong
     /// path or file is reported with the rest of the config, not at the first connection.
     /// `tls_url`: whether `redis_url` is `rediss://` (`None` when it is missing or invalid).
-    fn redis_tls(
-        &mut self,
-        raw: &RawReplay,
-        path: &YPath,
-        tls_url: Option<bool>,
-    ) -> Option<RedisTls> {
+    fn redis_tls(&mut self, raw: &RawReplay, path: &YPath, tls_url: Option<bool>) -> RedisTls {
         let files = [
             ("redis_tls_ca_cert_file", &raw.redis_tls_ca_cert_file),
             ("redis_tls_cert_file", &raw.redis_tls_cert_file),
             ("redis_tls_key_file", &raw.redis_tls_key_file),
         ];
         if files.iter().all(|(_, f)| f.is_none()) {
-            return None;
+            return RedisTls::default();
         }
         if tls_url == Some(false) {
             for (key, _) in files.iter().filter(|(_, f)| f.is_some()) {
@@ -747,7 +753,7 @@ impl Loader<'_> {
                     format!("`replay.{key}` applies only to a `rediss://` (TLS) `redis_url`"),
                 );
             }
-            return None;
+            return RedisTls::default();
         }
         if raw.redis_tls_cert_file.is_some() != raw.redis_tls_key_file.is_some() {
             let given = if raw.redis_tls_cert_file.is_some() {
@@ -821,7 +827,7 @@ impl Loader<'_> {
             }),
             _ => None,
         };
-        Some(RedisTls { ca_cert, client })
+        RedisTls { ca_cert, client }
     }
 
     fn replay(&mut self, top: &Mapping) -> ReplaySettings {

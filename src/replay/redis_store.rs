@@ -88,19 +88,20 @@ fn client(settings: &RedisSettings) -> redis::RedisResult<Client> {
     // rustls needs a process-wide crypto provider; ring is the one compiled in. An error
     // here means one is installed already, which is as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match &settings.tls {
-        Some(tls) if tls.ca_cert.is_some() || tls.client.is_some() => Client::build_with_tls(
-            settings.url.expose(),
-            redis::TlsCertificates {
-                client_tls: tls.client.as_ref().map(|c| redis::ClientTlsConfig {
-                    client_cert: c.cert.clone(),
-                    client_key: c.key.expose().as_bytes().to_vec(),
-                }),
-                root_cert: tls.ca_cert.clone(),
-            },
-        ),
-        _ => Client::open(settings.url.expose()),
+    let tls = &settings.tls;
+    if tls.is_empty() {
+        return Client::open(settings.url.expose());
     }
+    Client::build_with_tls(
+        settings.url.expose(),
+        redis::TlsCertificates {
+            client_tls: tls.client.as_ref().map(|c| redis::ClientTlsConfig {
+                client_cert: c.cert.clone(),
+                client_key: c.key.expose().as_bytes().to_vec(),
+            }),
+            root_cert: tls.ca_cert.clone(),
+        },
+    )
 }
 
 pub struct RedisStore {

@@ -21,7 +21,7 @@ fn settings(url: &str, prefix: &str, on_error: OnStoreError, timeout: Duration) 
             display: "test".into(),
             prefix: prefix.to_owned(),
             timeout,
-            tls: None,
+            tls: Default::default(),
         }),
         on_store_error: on_error,
     }
