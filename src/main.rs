@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
+use hookguard::logging::{self, LogFormat};
+use hookguard::{config, server, sign};
 
 /// jemalloc instead of the system allocator: glibc malloc was 15% of hookguard's CPU per request
 /// under load (bench/profile.sh), and jemalloc returns memory to the system more reliably.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use hookguard::logging::{self, LogFormat};
-use hookguard::{config, server, sign};
 
 /// A webhook-verification reverse proxy: only authentic webhooks reach your app.
 #[derive(Parser)]
