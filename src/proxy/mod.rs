@@ -459,7 +459,7 @@ async fn deliver(
         .peers
         .get(&route.name)
         .ok_or(Rejection::UpstreamUnavailable)?;
-    gw.upstream.send(peer, header, &out_body).await
+    gw.upstream.send(peer, &header, &out_body).await
 }
 
 /// Streams the upstream's response to the client.

@@ -88,14 +88,14 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         peer: &HttpPeer,
-        header: RequestHeader,
+        header: &RequestHeader,
         body: &Bytes,
     ) -> Result<Exchange, Rejection> {
         let started = std::time::Instant::now();
         let reuse_hash = peer.reuse_hash();
         // The request line and header were built from validated parts; a forbidden byte
         // here would be a bug, answered like an upstream that cannot be reached.
-        let wire = Wire::new(&header, body).ok_or(Rejection::UpstreamUnavailable)?;
+        let wire = Wire::new(header, body).ok_or(Rejection::UpstreamUnavailable)?;
         if let Some(stream) = self.connector.reused_stream(peer).await {
             match exchange(stream, peer, &wire).await {
                 Ok(session) => {
