@@ -411,3 +411,91 @@ fn probe_reports_health_and_readiness_and_config_comes_from_the_environment() {
         "a connection error, not a config error"
     );
 }
+
+/// The contract's command line beyond `check` and `sign --body`: `--version`, `--help`,
+/// `config.yaml` in the working directory by default, and `sign` reading the body from stdin.
+#[test]
+fn version_help_default_config_and_sign_from_stdin() {
+    let version = hookguard(&["--version"]);
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("hookguard {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = hookguard(&["--help"]);
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for word in ["check", "sign", "--config"] {
+        assert!(help.contains(word), "--help names {word}:\n{help}");
+    }
+
+    let up = Upstream::start();
+    let proxy = Proxy::start(&mailgun_config(&up, "", ""));
+    // No --config (and no HOOKGUARD_CONFIG): config.yaml in the working directory.
+    let out = Command::new(env!("CARGO_BIN_EXE_hookguard"))
+        .arg("check")
+        .current_dir(proxy.dir.path())
+        .env_remove("HOOKGUARD_CONFIG")
+        .output()
+        .expect("run hookguard");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("route mg: POST /mg"));
+
+    // `sign` without --body signs what arrives on stdin.
+    let mut sign = Command::new(env!("CARGO_BIN_EXE_hookguard"))
+        .args(["sign", "--config"])
+        .arg(proxy.config_path())
+        .args(["--route", "mg"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hookguard sign");
+    {
+        use std::io::Write;
+        let mut stdin = sign.stdin.take().expect("stdin");
+        stdin
+            .write_all(br#"{"event-data": {"event": "from-stdin"}}"#)
+            .unwrap();
+    }
+    let out = sign.wait_with_output().expect("sign output");
+    assert!(out.status.success());
+    let cmd = String::from_utf8(out.stdout).unwrap();
+    let run = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&run.stdout).starts_with("HTTP/1.1 200"),
+        "{cmd}"
+    );
+    assert_eq!(up.received()[0].json()["event-data"]["event"], "from-stdin");
+}
+
+/// `RUST_LOG`, or `--log-level` over it, sets the verbosity: at `warn` no per-request line.
+#[test]
+fn log_verbosity_follows_rust_log_and_log_level() {
+    let up = Upstream::start();
+    let config = mailgun_config(&up, "", "");
+    let runs: [(&str, &[&str], &[(&str, &str)], bool); 3] = [
+        ("RUST_LOG=info", &[], &[], true),
+        ("RUST_LOG=warn", &[], &[("RUST_LOG", "warn")], false),
+        ("--log-level warn", &["--log-level", "warn"], &[], false),
+    ];
+    for (what, args, env, request_lines) in runs {
+        let mut proxy = Proxy::start_with(&config, args, env);
+        assert_eq!(
+            post(proxy.port, "/mg", &[JSON], &mg_json(&token())).status,
+            200
+        );
+        // Every buffered line is written out by the time the process exits.
+        proxy.signal("TERM");
+        assert_eq!(proxy.wait_exit(Duration::from_secs(5)), Some(0), "{what}");
+        let log = proxy.log();
+        assert_eq!(
+            log.contains("hookguard::request"),
+            request_lines,
+            "{what}:\n{log}"
+        );
+    }
+}
