@@ -1,7 +1,9 @@
 //! A buffered request body and its fields, parsed at most once and only when asked for.
 //!
-//! Providers that keep their signature in the body (Mailgun) read fields from here, and the
-//! normalizer reuses the same parse, so a body is never parsed twice for one request.
+//! Before a request is authenticated, its body may only be *scanned*: [`Body::single_texts`]
+//! finds a few named fields (Mailgun's signature material) without building the others, so a
+//! megabyte of `a&a&a...` costs one pass and no memory. A full parse ([`Body::fields`]) builds
+//! every field and is bounded by `max_body_fields`: a body with more fields is refused.
 
 use std::sync::OnceLock;
 
@@ -57,7 +59,13 @@ pub enum BodyError {
     NotForm,
     #[error("content type cannot be normalized to JSON")]
     Unsupported,
+    #[error("more than {0} form fields")]
+    TooManyFields(usize),
 }
+
+/// The default bound on the fields of a form or multipart body (`max_body_fields`). Webhook
+/// senders post a few dozen fields; Twilio's voice webhooks, among the largest, about forty.
+pub const DEFAULT_MAX_FIELDS: usize = 1000;
 
 /// One form or multipart field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +112,7 @@ impl Fields {
 pub struct Body {
     bytes: Bytes,
     media: MediaType,
+    max_fields: usize,
     fields: OnceLock<Result<Fields, BodyError>>,
 }
 
@@ -112,8 +121,15 @@ impl Body {
         Body {
             bytes,
             media: MediaType::from_content_type(content_type),
+            max_fields: DEFAULT_MAX_FIELDS,
             fields: OnceLock::new(),
         }
+    }
+
+    /// Bounds the number of form or multipart fields a full parse may build.
+    pub fn with_max_fields(mut self, max_fields: usize) -> Self {
+        self.max_fields = max_fields;
+        self
     }
 
     pub fn bytes(&self) -> &Bytes {
@@ -124,54 +140,166 @@ impl Body {
         &self.media
     }
 
-    /// The form or multipart fields, parsed on first use.
+    /// The form or multipart fields, parsed on first use; more than `max_fields` of them is
+    /// an error (nothing beyond the bound is built).
     pub fn fields(&self) -> Result<&Fields, BodyError> {
         self.fields
             .get_or_init(|| match &self.media {
-                MediaType::Form => Ok(parse_form(&self.bytes)),
-                MediaType::Multipart { boundary } => parse_multipart(&self.bytes, boundary),
+                MediaType::Form => parse_form_bounded(&self.bytes, self.max_fields),
+                MediaType::Multipart { boundary } => {
+                    parse_multipart_bounded(&self.bytes, boundary, self.max_fields)
+                }
                 _ => Err(BodyError::NotForm),
             })
             .as_ref()
             .map_err(Clone::clone)
     }
+
+    /// The text values of the fields called `names`, found in one pass that builds nothing
+    /// else: for each name, `Some` when it occurs exactly once as text, `None` when it is
+    /// absent, repeated (ambiguous: which one would the application read?) or a file.
+    pub fn single_texts<const N: usize>(
+        &self,
+        names: [&str; N],
+    ) -> Result<[Option<String>; N], BodyError> {
+        let mut found: [Slot; N] = std::array::from_fn(|_| Slot::Absent);
+        let mut note = |name: &str, value: Option<String>| {
+            if let Some(i) = names.iter().position(|n| *n == name) {
+                found[i] = match (&found[i], value) {
+                    (Slot::Absent, Some(v)) => Slot::Once(v),
+                    _ => Slot::Unusable,
+                };
+            }
+        };
+        match &self.media {
+            MediaType::Form => {
+                for (name, value) in form_urlencoded::parse(&self.bytes) {
+                    // Only the wanted values are copied out of the body.
+                    if names.contains(&name.as_ref()) {
+                        note(&name, Some(value.into_owned()));
+                    }
+                }
+            }
+            MediaType::Multipart { boundary } => {
+                let wanted = |name: &str| names.contains(&name);
+                scan_multipart(&self.bytes, boundary, wanted, |field, text| {
+                    note(field, text)
+                })?
+            }
+            _ => return Err(BodyError::NotForm),
+        }
+        Ok(found.map(|slot| match slot {
+            Slot::Once(v) => Some(v),
+            Slot::Absent | Slot::Unusable => None,
+        }))
+    }
+}
+
+enum Slot {
+    Absent,
+    Once(String),
+    Unusable,
 }
 
 /// `application/x-www-form-urlencoded`. Every byte string is a valid form (the format has no
-/// syntax errors); percent-escapes that do not decode to UTF-8 become U+FFFD.
+/// syntax errors); percent-escapes that do not decode to UTF-8 become U+FFFD. Unbounded: for
+/// bodies already known to be small (tests, fuzzing, `hookguard sign`).
 pub fn parse_form(bytes: &[u8]) -> Fields {
-    Fields(
-        form_urlencoded::parse(bytes)
-            .map(|(name, value)| Field {
-                name: name.into_owned(),
-                value: FieldValue::Text(value.into_owned()),
-            })
-            .collect(),
-    )
+    // Unbounded: the only error, too many fields, cannot happen.
+    parse_form_bounded(bytes, usize::MAX).unwrap_or_default()
 }
 
-/// `multipart/form-data`, with multer. The body is already in memory, so multer's futures
-/// complete on their first poll and we drive them with `now_or_never`.
+/// [`parse_form`], refusing a body of more than `max` fields before building them.
+pub fn parse_form_bounded(bytes: &[u8], max: usize) -> Result<Fields, BodyError> {
+    // Each `&` separates two fields (empty ones are skipped by the parser, so this counts at
+    // least as many as there are): one cheap pass decides before anything is allocated.
+    let separators = bytes.iter().filter(|b| **b == b'&').count();
+    let mut fields = Vec::with_capacity(separators.min(max) + 1);
+    for (name, value) in form_urlencoded::parse(bytes) {
+        if fields.len() == max {
+            return Err(BodyError::TooManyFields(max));
+        }
+        fields.push(Field {
+            name: name.into_owned(),
+            value: FieldValue::Text(value.into_owned()),
+        });
+    }
+    Ok(Fields(fields))
+}
+
+/// `multipart/form-data`, with multer. Unbounded in the number of parts; see
+/// [`parse_multipart_bounded`].
 pub fn parse_multipart(bytes: &Bytes, boundary: &str) -> Result<Fields, BodyError> {
-    let stream =
-        futures_util::stream::once(async { Ok::<Bytes, std::convert::Infallible>(bytes.clone()) });
-    let mut multipart = multer::Multipart::new(stream, boundary);
+    parse_multipart_bounded(bytes, boundary, usize::MAX)
+}
+
+/// A multer reader over a body already in memory: multer's futures complete on their first
+/// poll, and we drive them with `now_or_never`.
+fn multipart_reader<'a>(bytes: &Bytes, boundary: &str) -> multer::Multipart<'a> {
+    let bytes = bytes.clone();
+    let stream = futures_util::stream::once(async { Ok::<Bytes, std::convert::Infallible>(bytes) });
+    multer::Multipart::new(stream, boundary)
+}
+
+fn next_part<'a>(
+    multipart: &mut multer::Multipart<'a>,
+) -> Result<Option<multer::Field<'a>>, BodyError> {
+    multipart
+        .next_field()
+        .now_or_never()
+        .ok_or_else(|| BodyError::Multipart("incomplete body".into()))?
+        .map_err(|e| BodyError::Multipart(e.to_string()))
+}
+
+fn part_bytes(field: multer::Field<'_>) -> Result<Bytes, BodyError> {
+    field
+        .bytes()
+        .now_or_never()
+        .ok_or_else(|| BodyError::Multipart("incomplete part".into()))?
+        .map_err(|e| BodyError::Multipart(e.to_string()))
+}
+
+/// Calls `found(name, text)` for each part whose name is wanted by `wanted`, reading only
+/// those parts' contents (`None` for a file or non-UTF-8 part); the others are skipped.
+fn scan_multipart(
+    bytes: &Bytes,
+    boundary: &str,
+    wanted: impl Fn(&str) -> bool,
+    mut found: impl FnMut(&str, Option<String>),
+) -> Result<(), BodyError> {
+    let mut multipart = multipart_reader(bytes, boundary);
+    while let Some(field) = next_part(&mut multipart)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        if !wanted(&name) {
+            continue; // dropped unread: multer skips to the next boundary
+        }
+        let is_file = field.file_name().is_some();
+        let data = part_bytes(field)?;
+        let text = match (is_file, std::str::from_utf8(&data)) {
+            (false, Ok(t)) => Some(t.to_owned()),
+            _ => None,
+        };
+        found(&name, text);
+    }
+    Ok(())
+}
+
+/// `multipart/form-data`, refusing a body of more than `max` parts.
+pub fn parse_multipart_bounded(
+    bytes: &Bytes,
+    boundary: &str,
+    max: usize,
+) -> Result<Fields, BodyError> {
+    let mut multipart = multipart_reader(bytes, boundary);
     let mut fields = Vec::new();
-    loop {
-        let next = multipart
-            .next_field()
-            .now_or_never()
-            .ok_or_else(|| BodyError::Multipart("incomplete body".into()))?
-            .map_err(|e| BodyError::Multipart(e.to_string()))?;
-        let Some(field) = next else { break };
+    while let Some(field) = next_part(&mut multipart)? {
+        if fields.len() == max {
+            return Err(BodyError::TooManyFields(max));
+        }
         let name = field.name().unwrap_or_default().to_owned();
         let filename = field.file_name().map(str::to_owned);
         let content_type = field.content_type().map(|m| m.to_string());
-        let data = field
-            .bytes()
-            .now_or_never()
-            .ok_or_else(|| BodyError::Multipart("incomplete part".into()))?
-            .map_err(|e| BodyError::Multipart(e.to_string()))?;
+        let data = part_bytes(field)?;
         let value = match (filename, std::str::from_utf8(&data)) {
             (None, Ok(text)) => FieldValue::Text(text.to_owned()),
             (filename, _) => FieldValue::File {

@@ -18,6 +18,7 @@ pub mod body;
 pub mod client_ip;
 pub mod config;
 pub mod logging;
+pub mod message;
 pub mod metrics;
 pub mod normalize;
 pub mod outcome;

@@ -114,6 +114,12 @@ impl Metrics {
         })
     }
 
+    /// A sink for the replay guard's store errors: `hookguard_replay_store_errors_total{op}`.
+    pub fn replay_error_sink(&self) -> crate::replay::ErrorSink {
+        let counter = self.replay_store_errors.clone();
+        Arc::new(move |op: crate::replay::StoreOp| counter.with_label_values(&[op.label()]).inc())
+    }
+
     /// `hookguard_replay_store_errors_total{op}` (not registered anywhere yet), with its
     /// three series present from the start.
     pub fn store_error_counter() -> IntCounterVec {
@@ -186,6 +192,8 @@ impl RouteMetrics {
             Outcome::Forwarded => self.forwarded.inc(),
             Outcome::Answered => self.answered.inc(),
             Outcome::Aborted => self.aborted.inc(),
+            // Counted as `replayed`, like a copy refused while the first is in flight.
+            Outcome::Duplicate => self.count(Outcome::Rejected(Rejection::Replayed)),
             Outcome::Rejected(r) => {
                 if let Some((_, c)) = self.rejected.iter().find(|(k, _)| *k == r) {
                     c.inc();

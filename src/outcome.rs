@@ -23,6 +23,8 @@ pub enum Rejection {
     Replayed,
     #[error("the shared replay store cannot be reached")]
     ReplayStoreUnavailable,
+    #[error("the replay store is full of keys still inside their window")]
+    ReplayStoreFull,
     #[error("body does not parse as its content type")]
     MalformedBody,
     #[error("client took too long to send the request")]
@@ -34,7 +36,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 14] = [
+    pub const ALL: [Rejection; 15] = [
         Rejection::NoRoute,
         Rejection::MethodNotAllowed,
         Rejection::IpNotAllowed,
@@ -45,6 +47,7 @@ impl Rejection {
         Rejection::BadSignature,
         Rejection::Replayed,
         Rejection::ReplayStoreUnavailable,
+        Rejection::ReplayStoreFull,
         Rejection::MalformedBody,
         Rejection::ClientTimeout,
         Rejection::UpstreamUnavailable,
@@ -62,7 +65,7 @@ impl Rejection {
                 401
             }
             Rejection::Replayed => 409,
-            Rejection::ReplayStoreUnavailable => 503,
+            Rejection::ReplayStoreUnavailable | Rejection::ReplayStoreFull => 503,
             Rejection::MalformedBody => 400,
             Rejection::ClientTimeout => 408,
             Rejection::UpstreamUnavailable => 502,
@@ -83,6 +86,7 @@ impl Rejection {
             Rejection::BadSignature => "bad_signature",
             Rejection::Replayed => "replayed",
             Rejection::ReplayStoreUnavailable => "replay_store_unavailable",
+            Rejection::ReplayStoreFull => "replay_store_full",
             Rejection::MalformedBody => "malformed_body",
             Rejection::ClientTimeout => "client_timeout",
             Rejection::UpstreamUnavailable => "upstream_unavailable",
@@ -103,6 +107,9 @@ pub enum Outcome {
     Forwarded,
     /// Verified and answered by hookguard on the provider's behalf (a validation challenge).
     Answered,
+    /// A copy of a message already delivered: answered `200 {"status":"duplicate"}`, not
+    /// forwarded. Counted as `replayed`, like a copy refused while the first is in flight.
+    Duplicate,
     Rejected(Rejection),
     /// The client went away (or broke the protocol) before a response could be given.
     Aborted,
@@ -113,6 +120,7 @@ impl Outcome {
         match self {
             Outcome::Forwarded => "forwarded",
             Outcome::Answered => "answered",
+            Outcome::Duplicate => Rejection::Replayed.code(),
             Outcome::Aborted => "aborted",
             Outcome::Rejected(r) => r.code(),
         }

@@ -1,123 +1,135 @@
-//! The replay guard: each verified message is forwarded at most once per successful delivery.
+//! The replay guard: each verified message reaches the application at most once per
+//! successful delivery.
 //!
-//! A key is *reserved* while its request is in flight (a concurrent duplicate is refused),
-//! *committed* when the upstream answers 2xx (later copies are refused for the key's TTL), and
+//! A message's keys (see [`crate::message`]) are *reserved* while its request is in flight (a
+//! concurrent copy is refused as [`Refused::InFlight`]), *committed* when the upstream answers
+//! 2xx (later copies are refused as [`Refused::Delivered`] until the keys' time is over), and
 //! *released* on anything else, so the provider's retry of a failed delivery goes through.
-//! A [`Reservation`] releases itself when dropped uncommitted, so no early return, error or
-//! cancelled request can leave a key stuck.
+//! Where the signature does not cover the body (Mailgun), a released key stays bound to the
+//! digest of the body it carried: the retry may bring that body and no other.
 //!
-//! Keys are stored as 128-bit digests of (route, key): fixed size, whatever the provider's
-//! key looks like. Delivered keys live in a compact set of their own ([`delivered`]), bounded
-//! by `replay.max_entries`, each until its own expiry; keys in flight live in a moka cache
-//! (LRU, so a full cache never refuses to store a new key, which would silently disable
-//! replay protection for it).
+//! A [`Reservation`] releases itself when dropped unsettled, so no early return, error or
+//! cancelled request can leave a key stuck. The keys live in this process ([`memory`]) or, for
+//! several replicas, in Redis ([`redis_store`]) with a local cache of delivered keys in front.
+//! The guard knows nothing of HTTP or Prometheus: store errors go to an [`ErrorSink`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::ops::compute::{CompResult, Op};
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
-use prometheus::IntCounterVec;
-use sha2::{Digest, Sha256};
-
 use crate::config::{OnStoreError, ReplaySettings, ReplayStore};
-use crate::outcome::Rejection;
-use delivered::DeliveredSet;
-use redis_store::RedisStore;
+use crate::message::MessageKey;
+use memory::{MemoryStore, Mode, Seen};
+use redis_store::{RedisStore, Reply};
 
-mod delivered;
+pub mod memory;
 mod redis_store;
-
-pub(crate) type Key = u128;
 
 /// Why a reservation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// The message was already delivered, or is being delivered right now.
-    Replayed,
+    /// The message was delivered already (its keys are remembered).
+    Delivered,
+    /// A copy of the message is being delivered right now, or a key released after a failed
+    /// delivery is bound to another body than this request's.
+    InFlight,
+    /// The store holds `max_entries` live keys and forgets none of them: refused until some
+    /// expire (the provider retries).
+    Full,
     /// The shared store could not be asked (`on_store_error: reject`).
     StoreUnavailable,
 }
 
-impl Refused {
-    pub fn rejection(self) -> Rejection {
+/// A call to the shared store, for the error count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Reserve,
+    Commit,
+    Release,
+}
+
+impl StoreOp {
+    pub fn label(self) -> &'static str {
         match self {
-            Refused::Replayed => Rejection::Replayed,
-            Refused::StoreUnavailable => Rejection::ReplayStoreUnavailable,
+            StoreOp::Reserve => "reserve",
+            StoreOp::Commit => "commit",
+            StoreOp::Release => "release",
         }
     }
 }
 
+/// Where failed calls to the shared store are counted (the metrics, in the server).
+pub type ErrorSink = Arc<dyn Fn(StoreOp) + Send + Sync>;
+
+/// A sink that counts nothing (tests, benchmarks).
+pub fn no_sink() -> ErrorSink {
+    Arc::new(|_| {})
+}
+
 pub struct ReplayGuard {
-    /// Keys delivered through this process. Memory backend: the record; Redis backend: a fast
-    /// path in front of the store.
-    delivered: DeliveredSet,
-    /// Memory backend: keys in flight, with the nonce of the request holding each. Few and
-    /// short-lived; moka's atomic entry API decides which of two concurrent copies holds it.
-    in_flight: Cache<Key, u64>,
-    /// How long an in-flight reservation may live if its holder vanished without releasing
-    /// it (it cannot, short of a bug or, with Redis, a lost connection: this is the safety net).
-    in_flight_ttl: Duration,
+    /// Memory backend: the record (never forgets a live key). Redis backend: a cache of keys
+    /// delivered through this process, in front of the store.
+    local: MemoryStore,
+    /// How long a reservation may live if its holder vanished without releasing it (it
+    /// cannot, short of a bug or, with Redis, a lost connection: this is the safety net).
+    hold: Duration,
     next_nonce: AtomicU64,
     shared: Option<RedisStore>,
     on_store_error: OnStoreError,
-    /// `hookguard_replay_store_errors_total{op}`.
-    store_errors: IntCounterVec,
+    errors: ErrorSink,
 }
 
 impl ReplayGuard {
     /// A memory-only guard.
-    pub fn new(max_entries: u64, in_flight_ttl: Duration) -> Self {
+    pub fn new(max_entries: u64, hold: Duration) -> Self {
         Self::build(
-            max_entries,
-            in_flight_ttl,
+            MemoryStore::new(max_entries, Mode::Record),
+            hold,
             None,
             OnStoreError::Reject,
-            crate::metrics::Metrics::store_error_counter(),
+            no_sink(),
         )
     }
 
-    /// The guard `settings` describe; Redis errors are counted in `store_errors` (label `op`).
-    /// Fails only if the Redis client's thread cannot be started.
+    /// The guard `settings` describe. Fails only if the Redis client's thread cannot be
+    /// started.
     pub fn with_settings(
         settings: &ReplaySettings,
-        in_flight_ttl: Duration,
-        store_errors: IntCounterVec,
+        hold: Duration,
+        errors: ErrorSink,
     ) -> std::io::Result<Self> {
-        let shared = match &settings.store {
-            ReplayStore::Memory => None,
-            ReplayStore::Redis(redis) => Some(RedisStore::new(redis)?),
-        };
-        Ok(Self::build(
-            settings.max_entries,
-            in_flight_ttl,
-            shared,
-            settings.on_store_error,
-            store_errors,
-        ))
+        Ok(match &settings.store {
+            ReplayStore::Memory => Self::build(
+                MemoryStore::new(settings.max_entries, Mode::Record),
+                hold,
+                None,
+                settings.on_store_error,
+                errors,
+            ),
+            ReplayStore::Redis(redis) => Self::build(
+                MemoryStore::new(settings.max_entries, Mode::Cache),
+                hold,
+                Some(RedisStore::new(redis)?),
+                settings.on_store_error,
+                errors,
+            ),
+        })
     }
 
     fn build(
-        max_entries: u64,
-        in_flight_ttl: Duration,
+        local: MemoryStore,
+        hold: Duration,
         shared: Option<RedisStore>,
         on_store_error: OnStoreError,
-        store_errors: IntCounterVec,
+        errors: ErrorSink,
     ) -> Self {
         ReplayGuard {
-            delivered: DeliveredSet::new(max_entries),
-            in_flight: Cache::builder()
-                .max_capacity(max_entries)
-                .eviction_policy(EvictionPolicy::lru())
-                .time_to_live(in_flight_ttl)
-                .build(),
-            in_flight_ttl,
+            local,
+            hold,
             next_nonce: AtomicU64::new(1),
             shared,
             on_store_error,
-            store_errors,
+            errors,
         }
     }
 
@@ -126,152 +138,153 @@ impl ReplayGuard {
         self.shared.as_ref().map(RedisStore::is_connected)
     }
 
-    /// Reserves `key` of `route` for one delivery attempt.
-    pub async fn reserve(self: &Arc<Self>, route: &str, key: &str) -> Result<Reservation, Refused> {
-        let digest = digest(route, key);
-        let nonce = self.next_nonce.fetch_add(1, Ordering::Relaxed);
-        let reservation = Reservation {
-            guard: Arc::clone(self),
-            key: digest,
-            nonce,
-            settled: false,
-        };
-        // Delivered through this process: known without a round trip.
-        if self.delivered.contains(digest) {
-            reservation.disarm();
-            return Err(Refused::Replayed);
-        }
-        let Some(store) = &self.shared else {
-            // Insert-if-absent through `and_compute_with`, which moka runs one at a time per
-            // key. `entry().or_insert()` is not enough: two concurrent callers can both be told
-            // they inserted (about 1 race in 100 on moka 0.12.16, measured), which forwarded
-            // both copies of a message.
-            let taken = self
-                .in_flight
-                .entry(digest)
-                .and_compute_with(|current| match current {
-                    None => Op::Put(nonce),
-                    Some(_) => Op::Nop,
-                });
-            if !matches!(taken, CompResult::Inserted(_)) {
-                reservation.disarm();
-                return Err(Refused::Replayed);
-            }
-            // A copy committed between the check above and this reservation (its commit
-            // records the delivery before it lets go of its own reservation): refuse.
-            if self.delivered.contains(digest) {
-                drop(reservation); // releases ours
-                return Err(Refused::Replayed);
-            }
-            return Ok(reservation);
-        };
-        match store.reserve(digest, nonce, self.in_flight_ttl).await {
-            Ok(true) => Ok(reservation),
-            Ok(false) => {
-                reservation.disarm();
-                Err(Refused::Replayed)
-            }
-            Err(e) => {
-                self.store_errors.with_label_values(&["reserve"]).inc();
-                match self.on_store_error {
-                    OnStoreError::Reject => {
-                        tracing::warn!(error = %e, "replay store unavailable; answering 503 so the provider retries later");
-                        // The SET may have been applied although its answer was lost: free
-                        // the key, if it is ours, as soon as the store answers again.
-                        reservation.disarm();
-                        if e.may_have_applied() {
-                            store.spawn_release(digest, store.nonce(nonce), self.in_flight_ttl);
-                        }
-                        Err(Refused::StoreUnavailable)
-                    }
-                    OnStoreError::Allow => {
-                        tracing::warn!(error = %e, "replay store unavailable; forwarding WITHOUT replay protection (on_store_error: allow)");
-                        // Kept as a reservation all the same: a 2xx still records the
-                        // delivery (here, and in the store if it answers by then); a failure
-                        // frees the key if the lost SET did take it.
-                        Ok(reservation)
-                    }
-                }
-            }
-        }
-    }
-
-    /// Approximate number of keys remembered in this process: with the memory backend, every
-    /// key in flight and delivered; with Redis, the delivered keys of the local fast path.
+    /// Keys remembered in this process: with the memory backend, every key in flight,
+    /// released-and-bound or delivered; with Redis, the delivered keys of the local cache.
     pub fn len(&self) -> u64 {
-        self.in_flight.run_pending_tasks();
-        self.in_flight.entry_count() + self.delivered.len()
+        self.local.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.local.is_empty()
     }
 
-    /// Memory backend: records the delivery (if `delivered_ttl`), then lets go of the
-    /// reservation if it is still ours (its safety TTL may have lapsed and another request
-    /// may hold the key now).
-    fn settle_local(&self, key: Key, nonce: u64, delivered_ttl: Option<Duration>) {
-        if let Some(ttl) = delivered_ttl {
-            self.delivered.insert(key, ttl);
+    /// Reserves every one of `keys` (a message's keys, sorted) for one delivery attempt, or
+    /// none of them. `binding` is the digest of the body for providers whose signature does
+    /// not cover it; `remember_for` is how long the keys are kept once delivered (and a
+    /// binding once released).
+    pub async fn reserve(
+        self: &Arc<Self>,
+        keys: &[MessageKey],
+        binding: Option<u128>,
+        remember_for: Duration,
+    ) -> Result<Reservation, Refused> {
+        let nonce = self.next_nonce.fetch_add(1, Ordering::Relaxed);
+        let mut reservation = Reservation {
+            guard: Arc::clone(self),
+            keys: Vec::with_capacity(keys.len()),
+            nonce,
+            binding,
+            remember_for,
+            settled: false,
+        };
+        match &self.shared {
+            None => {
+                for key in keys {
+                    match self.local.reserve(*key, nonce, binding, self.hold) {
+                        Ok(()) => reservation.keys.push(*key),
+                        // Dropping the reservation frees the keys taken so far.
+                        Err(seen) => return Err(refused(seen)),
+                    }
+                }
+                Ok(reservation)
+            }
+            Some(store) => {
+                // Delivered through this process: known without a round trip.
+                if keys.iter().any(|k| self.local.is_delivered(*k)) {
+                    return Err(Refused::Delivered);
+                }
+                let lease = store.nonce(nonce);
+                for key in keys {
+                    match store.reserve(*key, &lease, binding, self.hold).await {
+                        Ok(Reply::Taken) => reservation.keys.push(*key),
+                        Ok(Reply::Delivered) => return Err(Refused::Delivered),
+                        Ok(Reply::InFlight | Reply::OtherBody) => return Err(Refused::InFlight),
+                        Err(e) => {
+                            (self.errors)(StoreOp::Reserve);
+                            match self.on_store_error {
+                                OnStoreError::Reject => {
+                                    tracing::warn!(error = %e, "replay store unavailable; answering 503 so the provider retries later");
+                                    // The call may have been applied although its answer was
+                                    // lost: free the key too, if it is ours, when the store
+                                    // answers again.
+                                    if e.may_have_applied() {
+                                        reservation.keys.push(*key);
+                                    }
+                                    return Err(Refused::StoreUnavailable);
+                                }
+                                OnStoreError::Allow => {
+                                    tracing::warn!(error = %e, "replay store unavailable; forwarding WITHOUT replay protection (on_store_error: allow)");
+                                    // Kept all the same: a 2xx still records the delivery
+                                    // (here, and in the store if it answers by then); a
+                                    // failure frees the key if the lost call did take it.
+                                    reservation.keys.push(*key);
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(reservation)
+            }
         }
-        self.in_flight
-            .entry(key)
-            .and_compute_with(|current| match current {
-                Some(e) if *e.value() == nonce => Op::Remove,
-                _ => Op::Nop,
-            });
     }
 }
 
-/// A key held for one delivery attempt. Commit it on upstream 2xx; [`release`](Self::release)
-/// it otherwise. Dropped unsettled, it releases itself (in the background with Redis), so no
-/// early return, error or cancelled request can leave a key stuck.
+fn refused(seen: Seen) -> Refused {
+    match seen {
+        Seen::Delivered => Refused::Delivered,
+        Seen::InFlight | Seen::OtherBody => Refused::InFlight,
+        Seen::Full => Refused::Full,
+    }
+}
+
+/// A message's keys held for one delivery attempt. [`commit`](Self::commit) them on upstream
+/// 2xx; [`release`](Self::release) them otherwise. Dropped unsettled, it releases itself (in
+/// the background with Redis).
 pub struct Reservation {
     guard: Arc<ReplayGuard>,
-    key: Key,
+    keys: Vec<MessageKey>,
     nonce: u64,
+    binding: Option<u128>,
+    remember_for: Duration,
     settled: bool,
 }
 
 impl Reservation {
-    /// Drops the reservation without touching any store (nothing was reserved).
-    fn disarm(mut self) {
-        self.settled = true;
-    }
-
     /// The upstream accepted the message: refuse copies of it for `remember_for`.
-    pub async fn commit(mut self, remember_for: Duration) {
+    pub async fn commit(mut self) {
         self.settled = true;
         let g = &self.guard;
+        let ttl = self.remember_for;
         let Some(store) = &g.shared else {
-            g.settle_local(self.key, self.nonce, Some(remember_for));
+            for key in &self.keys {
+                g.local.commit(*key, self.nonce, ttl);
+            }
             return;
         };
-        // This replica refuses copies from now on, whatever the store says.
-        g.delivered.insert(self.key, remember_for);
-        let nonce = store.nonce(self.nonce);
-        if let Err(e) = store.commit(self.key, &nonce, remember_for).await {
-            g.store_errors.with_label_values(&["commit"]).inc();
-            tracing::warn!(error = %e, "replay store: could not record a delivery; retrying in the background (until then other replicas refuse copies while the reservation lasts)");
-            store.spawn_commit(self.key, nonce, remember_for, g.in_flight_ttl);
+        let lease = store.nonce(self.nonce);
+        for key in &self.keys {
+            // This replica refuses copies from now on, whatever the store says.
+            g.local.remember_delivered(*key, ttl);
+            if let Err(e) = store.commit(*key, &lease, ttl).await {
+                (g.errors)(StoreOp::Commit);
+                tracing::warn!(error = %e, "replay store: could not record a delivery; retrying in the background (until then other replicas refuse copies while the reservation lasts)");
+                store.spawn_commit(*key, lease.clone(), ttl, g.hold);
+            }
         }
     }
 
-    /// The delivery failed: free the key for the provider's retry. Returns once the key is
+    /// The delivery failed: free the keys for the provider's retry. Returns once they are
     /// free (or the store could not be reached: then the reservation lapses by itself after
-    /// the in-flight TTL, and is retried in the background meanwhile).
+    /// its hold time, and is retried in the background meanwhile).
     pub async fn release(mut self) {
         self.settled = true;
         let g = &self.guard;
         let Some(store) = &g.shared else {
-            g.settle_local(self.key, self.nonce, None);
+            for key in &self.keys {
+                g.local.release(*key, self.nonce, self.remember_for);
+            }
             return;
         };
-        let nonce = store.nonce(self.nonce);
-        if let Err(e) = store.release(self.key, &nonce).await {
-            g.store_errors.with_label_values(&["release"]).inc();
-            tracing::warn!(error = %e, "replay store: could not release a failed delivery's key; retrying in the background (until then the provider's retries get 409)");
-            store.spawn_release(self.key, nonce, g.in_flight_ttl);
+        let lease = store.nonce(self.nonce);
+        for key in &self.keys {
+            if let Err(e) = store
+                .release(*key, &lease, self.binding, self.remember_for)
+                .await
+            {
+                (g.errors)(StoreOp::Release);
+                tracing::warn!(error = %e, "replay store: could not release a failed delivery's key; retrying in the background (until then the provider's retries get 409)");
+                store.spawn_release(*key, lease.clone(), self.binding, self.remember_for, g.hold);
+            }
         }
     }
 }
@@ -283,184 +296,131 @@ impl Drop for Reservation {
         }
         let g = &self.guard;
         match &g.shared {
-            None => g.settle_local(self.key, self.nonce, None),
-            Some(store) => store.spawn_release(self.key, store.nonce(self.nonce), g.in_flight_ttl),
-        }
-    }
-}
-
-/// The keys of one delivery attempt, held together: the provider's delivery id and, for
-/// providers whose id is unsigned, an identity made of signed values (see
-/// `providers::Verified::signed_key`). Either both are reserved or neither is.
-pub struct Reservations {
-    primary: Reservation,
-    signed: Option<Reservation>,
-}
-
-impl ReplayGuard {
-    /// Reserves `key` and, when given, `signed_key` of `route` for one delivery attempt.
-    pub async fn reserve_delivery(
-        self: &Arc<Self>,
-        route: &str,
-        key: &str,
-        signed_key: Option<&str>,
-    ) -> Result<Reservations, Refused> {
-        let primary = self.reserve(route, key).await?;
-        let signed = match signed_key {
-            None => None,
-            // Its own namespace: no delivery id can collide with a signature.
-            Some(k) => match self.reserve(&format!("{route}\0signed"), k).await {
-                Ok(r) => Some(r),
-                Err(refused) => {
-                    primary.release().await;
-                    return Err(refused);
+            None => {
+                for key in &self.keys {
+                    g.local.release(*key, self.nonce, self.remember_for);
                 }
-            },
-        };
-        Ok(Reservations { primary, signed })
-    }
-}
-
-impl Reservations {
-    pub async fn commit(self, remember_for: Duration) {
-        if let Some(s) = self.signed {
-            s.commit(remember_for).await;
+            }
+            Some(store) => {
+                let lease = store.nonce(self.nonce);
+                for key in &self.keys {
+                    store.spawn_release(
+                        *key,
+                        lease.clone(),
+                        self.binding,
+                        self.remember_for,
+                        g.hold,
+                    );
+                }
+            }
         }
-        self.primary.commit(remember_for).await;
     }
-
-    pub async fn release(self) {
-        if let Some(s) = self.signed {
-            s.release().await;
-        }
-        self.primary.release().await;
-    }
-}
-
-/// 128 bits of SHA-256 over route and key: collisions are out of reach, and a key of any
-/// length costs 16 bytes of memory.
-fn digest(route: &str, key: &str) -> Key {
-    let mut h = Sha256::new();
-    h.update((route.len() as u64).to_be_bytes());
-    h.update(route.as_bytes());
-    h.update(key.as_bytes());
-    let out = h.finalize();
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&out[..16]);
-    u128::from_be_bytes(first)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::SignerId;
 
     fn guard() -> Arc<ReplayGuard> {
         Arc::new(ReplayGuard::new(1000, Duration::from_secs(60)))
     }
 
-    /// Two requests reserving the same key at the same moment: exactly one may win, every
-    /// time. (moka's `or_insert` let both win about once in a hundred races.)
-    #[test]
-    fn concurrent_reservations_of_one_key_have_exactly_one_winner() {
-        let g = guard();
-        let mut double = 0;
-        for i in 0..5_000 {
-            let key = format!("k{i}");
-            let barrier = Arc::new(std::sync::Barrier::new(2));
-            let racers: Vec<_> = (0..2)
-                .map(|_| {
-                    let (g, key, barrier) = (g.clone(), key.clone(), barrier.clone());
-                    std::thread::spawn(move || {
-                        barrier.wait();
-                        futures_util::FutureExt::now_or_never(g.reserve("r", &key))
-                            .expect("the memory backend does not wait")
-                            .ok()
-                    })
-                })
-                .collect();
-            let won: Vec<_> = racers
-                .into_iter()
-                .filter_map(|r| r.join().expect("racer"))
-                .collect();
-            if won.len() != 1 {
-                double += 1;
-            }
-            drop(won);
-        }
-        assert_eq!(double, 0, "races with other than one winner");
+    fn keys(names: &[&str]) -> Vec<MessageKey> {
+        let mut k: Vec<MessageKey> = names
+            .iter()
+            .map(|n| MessageKey::new("p", SignerId::of(n.as_bytes()), b"m"))
+            .collect();
+        k.sort();
+        k
     }
 
+    const TTL: Duration = Duration::from_secs(60);
+
     #[tokio::test]
-    async fn in_flight_duplicate_is_refused_then_released() {
+    async fn in_flight_then_released_then_delivered() {
         let g = guard();
-        let first = g.reserve("r", "k").await.unwrap();
-        assert_eq!(g.reserve("r", "k").await.err(), Some(Refused::Replayed));
+        let k = keys(&["a"]);
+        let first = g.reserve(&k, None, TTL).await.unwrap();
+        assert_eq!(
+            g.reserve(&k, None, TTL).await.err(),
+            Some(Refused::InFlight)
+        );
         first.release().await; // upstream failed
-        let retry = g
-            .reserve("r", "k")
-            .await
-            .expect("retry after a failed delivery passes");
-        retry.commit(Duration::from_secs(60)).await;
-        assert_eq!(g.reserve("r", "k").await.err(), Some(Refused::Replayed));
+        let retry = g.reserve(&k, None, TTL).await.expect("retry passes");
+        retry.commit().await;
+        assert_eq!(
+            g.reserve(&k, None, TTL).await.err(),
+            Some(Refused::Delivered)
+        );
     }
 
     #[tokio::test]
     async fn a_dropped_reservation_releases_itself() {
         let g = guard();
-        drop(g.reserve("r", "k").await.unwrap());
-        assert!(g.reserve("r", "k").await.is_ok());
+        drop(g.reserve(&keys(&["a"]), None, TTL).await.unwrap());
+        assert!(g.reserve(&keys(&["a"]), None, TTL).await.is_ok());
     }
 
+    /// A message signed under two secrets holds both keys: a copy carrying either signature
+    /// alone, on a route with either secret, is the same message.
     #[tokio::test]
-    async fn routes_are_separate_namespaces() {
+    async fn all_keys_of_a_message_are_held_together() {
         let g = guard();
-        let _a = g.reserve("a", "k").await.unwrap();
-        assert!(g.reserve("b", "k").await.is_ok());
-        // (route, key) pairs that concatenate alike stay distinct.
-        let _x = g.reserve("ab", "c").await.unwrap();
-        assert!(g.reserve("a", "bc").await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn committed_keys_expire_after_their_ttl() {
-        let g = guard();
-        g.reserve("r", "k")
-            .await
-            .unwrap()
-            .commit(Duration::from_millis(50))
-            .await;
-        assert!(g.reserve("r", "k").await.is_err());
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(g.reserve("r", "k").await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn a_stale_release_does_not_free_another_reservation() {
-        let g = Arc::new(ReplayGuard::new(1000, Duration::from_millis(30)));
-        let old = g.reserve("r", "k").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(80)).await; // the safety-net TTL lapses
-        let new = g.reserve("r", "k").await.unwrap();
-        old.release().await;
-        assert!(
-            g.reserve("r", "k").await.is_err(),
-            "the newer reservation still holds"
+        let both = keys(&["a", "b"]);
+        g.reserve(&both, None, TTL).await.unwrap().commit().await;
+        assert_eq!(
+            g.reserve(&keys(&["b"]), None, TTL).await.err(),
+            Some(Refused::Delivered)
         );
-        drop(new);
+        assert_eq!(
+            g.reserve(&keys(&["a"]), None, TTL).await.err(),
+            Some(Refused::Delivered)
+        );
+        // A refused multi-key reservation takes nothing.
+        let g = guard();
+        let _held = g.reserve(&keys(&["b"]), None, TTL).await.unwrap();
+        assert_eq!(
+            g.reserve(&keys(&["a", "b"]), None, TTL).await.err(),
+            Some(Refused::InFlight)
+        );
+        assert!(
+            g.reserve(&keys(&["a"]), None, TTL).await.is_ok(),
+            "a was given back"
+        );
     }
 
     #[tokio::test]
-    async fn bounded_by_max_entries() {
-        let g = Arc::new(ReplayGuard::new(100, Duration::from_secs(60)));
-        for i in 0..1000 {
-            g.reserve("r", &i.to_string())
-                .await
-                .unwrap()
-                .commit(Duration::from_secs(60))
-                .await;
+    async fn a_released_bound_key_takes_back_only_its_body() {
+        let g = guard();
+        let k = keys(&["mailgun"]);
+        g.reserve(&k, Some(1), TTL).await.unwrap().release().await;
+        assert_eq!(
+            g.reserve(&k, Some(2), TTL).await.err(),
+            Some(Refused::InFlight)
+        );
+        g.reserve(&k, Some(1), TTL).await.unwrap().commit().await;
+        assert_eq!(
+            g.reserve(&k, Some(1), TTL).await.err(),
+            Some(Refused::Delivered)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_guard_refuses_rather_than_forgets() {
+        let g = Arc::new(ReplayGuard::new(16, Duration::from_secs(60)));
+        for i in 0..16 {
+            let k = vec![MessageKey(i)];
+            g.reserve(&k, None, TTL).await.unwrap().commit().await;
         }
-        assert!(g.len() <= 100, "len {}", g.len());
-        // The newest key is remembered (LRU evicts the oldest, never refuses the newest).
-        assert!(g.reserve("r", "999").await.is_err());
+        assert_eq!(
+            g.reserve(&[MessageKey(999)], None, TTL).await.err(),
+            Some(Refused::Full)
+        );
+        assert_eq!(
+            g.reserve(&[MessageKey(0)], None, TTL).await.err(),
+            Some(Refused::Delivered)
+        );
     }
 }
 

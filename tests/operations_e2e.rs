@@ -180,9 +180,11 @@ fn the_printed_sign_command_is_forwarded() {
         let run = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
         let response = String::from_utf8_lossy(&run.stdout);
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        // Run again: the same token is now a replay.
+        // Run again: the same token is now a replay, answered as a duplicate.
         let again = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
-        assert!(String::from_utf8_lossy(&again.stdout).starts_with("HTTP/1.1 409"));
+        let again = String::from_utf8_lossy(&again.stdout);
+        assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+        assert!(again.ends_with("{\"status\":\"duplicate\"}"), "{again}");
     }
     let got = up.received();
     assert_eq!(got.len(), 2);
@@ -477,7 +479,9 @@ fn version_help_default_config_and_sign_from_stdin() {
 fn log_verbosity_follows_rust_log_and_log_level() {
     let up = Upstream::start();
     let config = mailgun_config(&up, "", "");
-    let runs: [(&str, &[&str], &[(&str, &str)], bool); 3] = [
+    /// What is tried, the arguments, the environment, whether request lines are logged.
+    type Run<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], bool);
+    let runs: [Run; 3] = [
         ("RUST_LOG=info", &[], &[], true),
         ("RUST_LOG=warn", &[], &[("RUST_LOG", "warn")], false),
         ("--log-level warn", &["--log-level", "warn"], &[], false),

@@ -148,7 +148,7 @@ fn stripe_forwarded_forged_rejected_and_malformed_body_releases_its_key() {
         &[JSON, ("Stripe-Signature", &header)],
         &body,
     );
-    rejected(&again, 409, "replayed");
+    assert_duplicate(&again);
 
     // Forged: another secret, a tampered body, an old timestamp, no header.
     let (forged, _) = stripe_header("whsec_attacker", t, &body);
@@ -218,7 +218,7 @@ fn stripe_forwarded_forged_rejected_and_malformed_body_releases_its_key() {
 }
 
 #[test]
-fn github_forwarded_with_its_delivery_id_and_forgery_rejected() {
+fn github_forwarded_with_its_signature_as_id_and_forgery_rejected() {
     let up = Upstream::start();
     let proxy = providers_proxy(&up);
     let body = event(&token());
@@ -235,14 +235,14 @@ fn github_forwarded_with_its_delivery_id_and_forgery_rejected() {
     ];
     assert_eq!(post(proxy.port, "/github", &headers, &body).status, 200);
     let got = up.received();
-    assert_eq!(got[0].header("x-webhook-id"), Some(delivery.as_str()));
+    assert_eq!(
+        got[0].header("x-webhook-id"),
+        Some(sig.trim_start_matches("sha256="))
+    );
+    assert_eq!(got[0].header("x-github-delivery"), Some(delivery.as_str()));
     assert_eq!(got[0].header("x-webhook-timestamp"), None);
     assert_eq!(got[0].header("x-github-event"), Some("push"));
-    rejected(
-        &post(proxy.port, "/github", &headers, &body),
-        409,
-        "replayed",
-    );
+    assert_duplicate(&post(proxy.port, "/github", &headers, &body));
 
     let forged_sig = format!("sha256={}", hex::encode(hmac256(b"guess", &[&body])));
     let forged = [
@@ -328,7 +328,7 @@ fn standard_webhooks_and_svix_forwarded_with_the_message_id() {
 }
 
 #[test]
-fn twilio_form_forwarded_with_the_idempotency_token() {
+fn twilio_form_forwarded_named_by_its_signature() {
     let up = Upstream::start();
     let proxy = providers_proxy(&up);
     let sid = format!("SM{}", token());
@@ -346,7 +346,11 @@ fn twilio_form_forwarded_with_the_idempotency_token() {
     let resp = post(proxy.port, "/twilio?account=a1", &h, form.as_bytes());
     assert_eq!(resp.status, 200, "{}", resp.text());
     let got = up.received();
-    assert_eq!(got[0].header("x-webhook-id"), Some(idem.as_str()));
+    assert_eq!(got[0].header("x-webhook-id"), Some(sig.as_str()));
+    assert_eq!(
+        got[0].header("i-twilio-idempotency-token"),
+        Some(idem.as_str())
+    );
     assert_eq!(got[0].json()["MessageSid"], sid.as_str());
 
     // The query string is signed; the fields are signed.
@@ -403,7 +407,7 @@ fn sendgrid_ecdsa_forwarded_and_forgery_rejected() {
         ("X-Twilio-Email-Event-Webhook-Signature", twin_b64.as_str()),
         ("X-Twilio-Email-Event-Webhook-Timestamp", ts.as_str()),
     ];
-    rejected(&post(proxy.port, "/sendgrid", &h2, &body), 409, "replayed");
+    assert_duplicate(&post(proxy.port, "/sendgrid", &h2, &body));
 
     let other = p256::ecdsa::SigningKey::from_slice(&[9; 32]).unwrap();
     let forged: p256::ecdsa::Signature = other.sign_prehash(&digest).unwrap();
@@ -605,10 +609,17 @@ fn a_captured_delivery_resent_under_a_new_unsigned_id_is_refused() {
         200,
         "GitHub's retry passes: both keys were released"
     );
-    rejected(&send("d-original"), 409, "replayed");
-    rejected(&send("d-attacker-chose-this"), 409, "replayed");
+    assert_duplicate(&send("d-original"));
+    assert_duplicate(&send("d-attacker-chose-this"));
     assert_eq!(up.count(), 2);
-    assert_eq!(up.received()[1].header("x-webhook-id"), Some("d-original"));
+    // X-Webhook-Id names the message by what is signed: the signature, not the delivery id.
+    let id = sig.trim_start_matches("sha256=");
+    assert_eq!(up.received()[1].header("x-webhook-id"), Some(id));
+    assert_eq!(
+        up.received()[1].header("x-github-delivery"),
+        Some("d-original"),
+        "the provider's own header passes through"
+    );
 }
 
 /// Discord signs with Ed25519 (no shared secret, so `hookguard sign` cannot make these): an
@@ -657,7 +668,7 @@ fn discord_interactions_and_ping_forwarded_forgeries_refused() {
     assert_eq!(got[1].header("x-webhook-id"), Some(ping_id.as_str()));
 
     // The same interaction again: a replay.
-    rejected(&send(&sig, &ts, command.as_bytes()), 409, "replayed");
+    assert_duplicate(&send(&sig, &ts, command.as_bytes()));
     // Signed by a key that is not the application's.
     let fresh = format!(r#"{{"id":"{}","type":2}}"#, token());
     let (forged, fts) = signed(&SigningKey::from_bytes(&[6; 32]), now(), fresh.as_bytes());

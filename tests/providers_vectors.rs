@@ -78,10 +78,10 @@ fn run(provider: &str, case: &Value) -> Option<String> {
         ));
     }
     let Ok(v) = got else { return None };
-    if Some(v.replay_key.as_str()) != case["replay_key"].as_str() {
+    if Some(v.id.as_str()) != case["replay_key"].as_str() {
         return Some(format!(
             "{provider} / {name}: replay key {:?}, expected {}",
-            v.replay_key, case["replay_key"]
+            v.id, case["replay_key"]
         ));
     }
     if v.timestamp != case["timestamp"].as_i64() {

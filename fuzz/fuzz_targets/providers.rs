@@ -42,7 +42,7 @@ const OPTIONS: &[(&str, &str)] = &[
     ),
     (
         "basic_auth",
-        "username: hook\nsecrets: [\"fuzz-key-1\"]\nid_header: X-Delivery",
+        "username: hook\nsecrets: [\"fuzz-key-1\"]",
     ),
     (
         "hmac",

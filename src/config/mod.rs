@@ -46,6 +46,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest accepted request header (request line and all header lines).
     pub max_header_bytes: usize,
+    /// Most fields a form or multipart body may have.
+    pub max_body_fields: usize,
     /// Worker threads of the public listener.
     pub threads: usize,
     pub timeouts: Timeouts,
@@ -88,6 +90,18 @@ pub struct ReplaySettings {
     pub store: ReplayStore,
     /// What a request meets when the shared store cannot be asked.
     pub on_store_error: OnStoreError,
+    /// The status a copy of an already delivered message is answered with.
+    pub duplicate_status: DuplicateStatus,
+}
+
+/// How a copy of a delivered message is answered. Providers treat 409 as a failed delivery
+/// and retry it for hours or days (and may disable the endpoint), so the default is 200.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicateStatus {
+    /// `200 {"status":"duplicate"}`.
+    Ok,
+    /// `409 {"error":"replayed"}`, as a copy in flight.
+    Conflict,
 }
 
 impl Default for ReplaySettings {
@@ -96,6 +110,7 @@ impl Default for ReplaySettings {
             max_entries: DEFAULT_MAX_ENTRIES,
             store: ReplayStore::Memory,
             on_store_error: OnStoreError::Reject,
+            duplicate_status: DuplicateStatus::Ok,
         }
     }
 }
@@ -340,6 +355,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "upstream",
     "max_body_bytes",
     "max_header_bytes",
+    "max_body_fields",
     "threads",
     "timeouts",
     "replay",
@@ -375,6 +391,7 @@ struct RawReplay {
     redis_tls_cert_file: Option<PathBuf>,
     redis_tls_key_file: Option<PathBuf>,
     on_store_error: Option<OnStoreError>,
+    duplicate_status: Option<u16>,
 }
 
 /// The keys every route has; all other keys of a route belong to its provider.
@@ -614,6 +631,15 @@ impl Loader<'_> {
                 "`max_header_bytes` must be between 1024 and 1048576 (1 MiB)".into(),
             );
         }
+        let max_body_fields = self
+            .get::<u64>(top, "max_body_fields")
+            .unwrap_or(crate::body::DEFAULT_MAX_FIELDS as u64);
+        if !(1..=1_000_000).contains(&max_body_fields) {
+            self.error_at_value(
+                &YPath::root().key("max_body_fields"),
+                "`max_body_fields` must be between 1 and 1000000".into(),
+            );
+        }
         let threads = self
             .get::<usize>(top, "threads")
             .unwrap_or_else(default_threads);
@@ -638,6 +664,7 @@ impl Loader<'_> {
             admin_listen: admin_listen?,
             max_body_bytes: max_body_bytes as usize,
             max_header_bytes: max_header_bytes as usize,
+            max_body_fields: max_body_fields as usize,
             threads,
             timeouts,
             replay,
@@ -847,6 +874,17 @@ impl Loader<'_> {
             );
         }
         let on_store_error = raw.on_store_error.unwrap_or(d.on_store_error);
+        let duplicate_status = match raw.duplicate_status {
+            None | Some(200) => DuplicateStatus::Ok,
+            Some(409) => DuplicateStatus::Conflict,
+            Some(_) => {
+                self.error_at_value(
+                    &path.key("duplicate_status"),
+                    "`replay.duplicate_status` must be 200 (the default) or 409".into(),
+                );
+                DuplicateStatus::Ok
+            }
+        };
         let store = match raw.backend.unwrap_or(ReplayBackend::Memory) {
             ReplayBackend::Memory => {
                 for (key, given) in [
@@ -913,6 +951,7 @@ impl Loader<'_> {
             max_entries,
             store,
             on_store_error,
+            duplicate_status,
         }
     }
 

@@ -7,8 +7,12 @@
 //! sees one request, can send any body. Use it only over TLS, and prefer a signing provider
 //! when the sender offers one.
 //!
-//! Replay key: the `id_header` value when configured (e.g. a sender's delivery id header),
-//! else the SHA-256 of the body, so the same body is delivered once per `ttl` (default 24 h).
+//! Message identity: the body (nothing else can name a message that nothing signs), so the
+//! same body is delivered once per `ttl` (default 24 h), under the password that admitted it.
+//! The `Authorization` header is consumed here and never forwarded. `id_header` is refused: a
+//! delivery id header would be one more value anyone holding the credentials can change.
+
+pub const NAME: &str = "basic_auth";
 
 use std::time::{Duration, SystemTime};
 
@@ -17,16 +21,15 @@ use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 use super::{
-    base64, first_secret, positive, require_secrets, sha256_hex, Inbound, OptionError, Provider,
-    ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    base64, identity_of, positive, require_secrets, sha256_hex, Inbound, Keyring, OptionError,
+    Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
 };
 use crate::config::secret::{Secret, Secrets};
 
 #[derive(Debug)]
 pub struct BasicAuth {
     username: String,
-    secrets: Vec<Secret>,
-    id_header: Option<http::HeaderName>,
+    secrets: Keyring<Secret>,
     ttl: Duration,
 }
 
@@ -54,25 +57,18 @@ impl ProviderFactory for BasicAuth {
                 "required: a non-empty user name without `:`",
             ));
         }
-        let id_header = match o.id_header {
-            None => None,
-            Some(h) => match http::HeaderName::from_bytes(h.trim().as_bytes()) {
-                Ok(name) => Some(name),
-                Err(_) => {
-                    errors.push(OptionError::new(
-                        "id_header",
-                        format!("`{h}` is not a header name"),
-                    ));
-                    None
-                }
-            },
-        };
+        if o.id_header.is_some() {
+            errors.push(OptionError::new(
+                "id_header",
+                "no longer used: a basic_auth message is named by its body (a header anyone \
+                 holding the password can set would let the same message through again)",
+            ));
+        }
         let ttl = positive("ttl", o.ttl, DEFAULT_TTL, &mut errors);
         super::finish(
             BasicAuth {
                 username,
                 secrets,
-                id_header,
                 ttl,
             },
             errors,
@@ -105,50 +101,39 @@ impl Provider for BasicAuth {
             .header("authorization")
             .and_then(credentials)
             .ok_or(Rejection::MissingSignature)?;
-        let id = match &self.id_header {
-            Some(h) => Some(
-                req.header(h.as_str())
-                    .filter(|v| !v.is_empty())
-                    .ok_or(Rejection::MissingSignature)?,
-            ),
-            None => None,
-        };
         let user_ok = same(user.as_bytes(), self.username.as_bytes());
         // Every password is compared, so the time taken does not tell which one matched.
-        let password_ok = self.secrets.iter().fold(false, |ok, s| {
-            same(password.as_bytes(), s.expose().as_bytes()) | ok
-        });
-        if !(user_ok && password_ok) {
+        let signers = self
+            .secrets
+            .verifying(|s| same(password.as_bytes(), s.expose().as_bytes()));
+        if !user_ok {
             return Err(Rejection::BadSignature);
         }
-        Ok(Verified {
-            replay_key: id.map_or_else(|| sha256_hex(req.body.bytes()), str::to_owned),
-            timestamp: None,
-            remember_for: self.ttl,
-            answer: None,
-            signed_key: None,
-        })
+        let body = req.body.bytes();
+        Ok(signers
+            .message(NAME, &identity_of(&[body]))?
+            .id(sha256_hex(body))
+            .remember(self.ttl))
+    }
+
+    /// The credentials are hookguard's to check, not the application's to see.
+    fn consumed_headers(&self) -> &'static [&'static str] {
+        &["authorization"]
     }
 
     fn summary(&self) -> String {
         format!(
-            "user {}, {} password(s), replay key {}, ttl {}",
+            "user {}, {} password(s), replay key sha256(body), ttl {}",
             self.username,
             self.secrets.len(),
-            self.id_header
-                .as_ref()
-                .map_or_else(|| "sha256(body)".to_owned(), |h| h.to_string()),
             humantime::format_duration(self.ttl)
         )
     }
 
     fn sign(&self, req: &SignRequest<'_>, _now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         let auth = base64(format!("{}:{}", self.username, secret.expose()).as_bytes());
-        let mut headers = vec![("Authorization".into(), format!("Basic {auth}"))];
-        if let Some(h) = &self.id_header {
-            headers.push((h.to_string(), super::fresh_token(32)));
-        }
+        let headers = vec![("Authorization".into(), format!("Basic {auth}"))];
         let trimmed = req.body.trim_ascii();
         let json = trimmed.is_empty() || trimmed.starts_with(b"{") || trimmed.starts_with(b"[");
         Ok(Signed {
@@ -190,7 +175,7 @@ mod tests {
         let p = provider(&["old", "s3cret"], None);
         let r = |pairs: &[(&str, &str)]| check(&p, "/b", pairs, None, BODY, 0);
         let ok = r(&[("Authorization", &auth("postmark", "s3cret"))]).unwrap();
-        assert_eq!(ok.replay_key, sha256_hex(BODY));
+        assert_eq!(ok.id, sha256_hex(BODY));
         assert_eq!(ok.remember_for, DEFAULT_TTL);
         assert!(r(&[(
             "authorization",
@@ -223,23 +208,21 @@ mod tests {
     }
 
     #[test]
-    fn id_header_and_sign() {
-        let p = provider(&["s3cret"], Some("X-Delivery-Id"));
-        let good = auth("postmark", "s3cret");
-        let v = check(
-            &p,
-            "/b",
-            &[("Authorization", &good), ("X-Delivery-Id", "d-9")],
-            None,
-            BODY,
-            0,
-        )
-        .unwrap();
-        assert_eq!(v.replay_key, "d-9");
+    fn id_header_is_refused_and_sign_round_trips() {
+        let refused = BasicAuth::from_options(Options {
+            username: Some("postmark".into()),
+            secrets: secrets(&["s3cret"]),
+            id_header: Some("X-Delivery-Id".into()),
+            ttl: None,
+        });
         assert_eq!(
-            check(&p, "/b", &[("Authorization", &good)], None, BODY, 0),
-            Err(Rejection::MissingSignature)
+            refused
+                .err()
+                .map(|e| e.iter().map(|e| e.key).collect::<Vec<_>>()),
+            Some(vec!["id_header"])
         );
+        let p = provider(&["s3cret"], None);
+        assert_eq!(p.consumed_headers(), ["authorization"]);
         let url = "http://127.0.0.1:1/b";
         let signed = sign_now(&p, url, BODY, 0);
         assert!(check_signed(&p, url, &signed, 0).is_ok());

@@ -7,7 +7,8 @@
 //! The `discord-interactions` libraries check no timestamp window; hookguard applies 5 minutes
 //! (`tolerance`), far more than Discord's 3-second answer deadline.
 //!
-//! Replay key: the interaction's `id` from the signed body, else `{timestamp}.{signature}`.
+//! Message identity: the interaction's `id` from the signed body, else `{timestamp}{body}`
+//! (shown as `{timestamp}.{signature}`).
 
 use std::time::{Duration, SystemTime};
 
@@ -15,17 +16,18 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Deserialize;
 
 use super::{
-    check_window, decode_hex, json_member, parse_unix, positive, remember_until_stale, Inbound,
+    check_window, decode_hex, identity_of, json_member, parse_unix, positive, Inbound, Keyring,
     OneOrMany, OptionError, Provider, ProviderFactory, Rejection, Verified, FIVE_MINUTES,
 };
 
+pub const NAME: &str = "discord";
 pub const SIGNATURE: &str = "x-signature-ed25519";
 pub const TIMESTAMP: &str = "x-signature-timestamp";
 pub const DEFAULT_TOLERANCE: Duration = FIVE_MINUTES;
 
 #[derive(Debug)]
 pub struct Discord {
-    keys: Vec<VerifyingKey>,
+    keys: Keyring<VerifyingKey>,
     tolerance: Duration,
 }
 
@@ -61,6 +63,7 @@ impl ProviderFactory for Discord {
             ));
         }
         let tolerance = positive("tolerance", o.tolerance, DEFAULT_TOLERANCE, &mut errors);
+        let keys = Keyring::new(keys, |k| k.as_bytes().to_vec());
         super::finish(Discord { keys, tolerance }, errors)
     }
 }
@@ -80,21 +83,19 @@ impl Provider for Discord {
         let mut message = Vec::with_capacity(ts_text.len() + body.len());
         message.extend_from_slice(ts_text.as_bytes());
         message.extend_from_slice(body);
-        if !self
+        let signers = self
             .keys
-            .iter()
-            .any(|k| k.verify_strict(&message, &sig).is_ok())
-        {
+            .verifying(|k| k.verify_strict(&message, &sig).is_ok());
+        if signers.is_empty() {
             return Err(Rejection::BadSignature);
         }
-        Ok(Verified {
-            replay_key: json_member(body, "id")
-                .unwrap_or_else(|| format!("{ts}.{}", hex::encode(sig_bytes))),
-            timestamp: Some(ts),
-            remember_for: remember_until_stale(ts, now, self.tolerance),
-            answer: None,
-            signed_key: None,
-        })
+        let verified = match json_member(body, "id") {
+            Some(id) => signers.message(NAME, id.as_bytes())?.id(id),
+            None => signers
+                .message(NAME, &identity_of(&[ts_text.as_bytes(), body]))?
+                .id(format!("{ts}.{}", hex::encode(sig_bytes))),
+        };
+        Ok(verified.signed_at(ts, now, self.tolerance))
     }
 
     fn summary(&self) -> String {
@@ -136,7 +137,7 @@ mod tests {
         let r =
             |pairs: &[(&str, &str)], body: &[u8], now: i64| check(&p, "/d", pairs, None, body, now);
         let ok = r(&[(SIGNATURE, &sig), (TIMESTAMP, &ts)], PING, T).unwrap();
-        assert_eq!(ok.replay_key, "1180000000000000000");
+        assert_eq!(ok.id, "1180000000000000000");
         assert_eq!(
             r(&[(TIMESTAMP, &ts)], PING, T),
             Err(Rejection::MissingSignature)

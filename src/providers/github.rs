@@ -2,28 +2,29 @@
 //! secret. GitHub signs no timestamp, so keys are remembered for `ttl` (default 24 h). The
 //! legacy SHA-1 `X-Hub-Signature` is not accepted (it would be a downgrade).
 //!
-//! Replay key: `X-GitHub-Delivery` (the contract), the delivery GUID GitHub keeps on
-//! redelivery. It is not signed: a captured request replayed under a new GUID passes the
-//! replay check (GitHub offers nothing signed that identifies a delivery). Without the header
-//! the key is the signature, which is stable for the same body.
+//! Message identity: the body, the only thing GitHub signs. `X-GitHub-Delivery` names a
+//! delivery but is not signed, so it takes no part in the replay key (a captured request
+//! resent without it, or under another GUID, is the same message); it reaches the app as an
+//! ordinary header. `X-Webhook-Id`: the signature's hex.
 
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
 use super::{
-    any_secret, decode_hex, first_secret, hmac_matches, hmac_sign, positive, require_secrets,
-    signed_json, HmacSha256, Inbound, OptionError, Provider, ProviderFactory, Rejection, SignError,
+    decode_hex, hmac_matches, hmac_sign, identity_of, positive, require_secrets, signed_json,
+    HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory, Rejection, SignError,
     SignRequest, Signed, Verified, DEFAULT_TTL,
 };
 use crate::config::secret::{Secret, Secrets};
 
+pub const NAME: &str = "github";
 pub const HEADER: &str = "x-hub-signature-256";
 pub const DELIVERY: &str = "x-github-delivery";
 
 #[derive(Debug)]
 pub struct GitHub {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     ttl: Duration,
 }
 
@@ -53,27 +54,14 @@ impl Provider for GitHub {
             .strip_prefix("sha256=")
             .and_then(|h| decode_hex(h, 32))
             .ok_or(Rejection::MissingSignature)?;
-        let delivery = match req.headers.get(DELIVERY) {
-            None => None,
-            // Present but duplicated or not text: ambiguous, so unusable.
-            Some(_) => Some(
-                req.header(DELIVERY)
-                    .filter(|d| !d.is_empty())
-                    .ok_or(Rejection::MissingSignature)?,
-            ),
-        };
         let body: [&[u8]; 1] = [req.body.bytes()];
-        any_secret(&self.secrets, |key| {
-            hmac_matches::<HmacSha256>(key, &body, &sig)
-        })
-        .ok_or(Rejection::BadSignature)?;
-        Ok(Verified {
-            replay_key: delivery.map_or_else(|| hex::encode(&sig), str::to_owned),
-            timestamp: None,
-            remember_for: self.ttl,
-            answer: None,
-            signed_key: delivery.map(|_| hex::encode(&sig)),
-        })
+        let signers = self
+            .secrets
+            .verifying(|key| hmac_matches::<HmacSha256>(key.expose().as_bytes(), &body, &sig));
+        Ok(signers
+            .message(NAME, &identity_of(&body))?
+            .id(hex::encode(&sig))
+            .remember(self.ttl))
     }
 
     fn summary(&self) -> String {
@@ -81,7 +69,7 @@ impl Provider for GitHub {
     }
 
     fn sign(&self, req: &SignRequest<'_>, _now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         Ok(signed_json(
             vec![
                 (
@@ -155,10 +143,20 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(ok.replay_key, "d-1");
+        assert_eq!(ok.id, sig.trim_start_matches("sha256="));
         assert_eq!(ok.remember_for, DEFAULT_TTL);
+        // The delivery id is not signed: without it, or with another, the same message.
         let no_id = check(&p, "/g", &[(HEADER, &sig)], None, BODY, 0).unwrap();
-        assert_eq!(no_id.replay_key, sig.trim_start_matches("sha256="));
+        assert_eq!((&no_id.id, &no_id.keys), (&ok.id, &ok.keys));
+        let other = check(
+            &p,
+            "/g",
+            &[(HEADER, &sig), (DELIVERY, "d-2")],
+            None,
+            BODY,
+            0,
+        );
+        assert_eq!(other.unwrap().keys, ok.keys);
         let r = |pairs: &[(&str, &str)], body: &[u8]| check(&p, "/g", pairs, None, body, 0);
         assert_eq!(r(&[], BODY), Err(Rejection::MissingSignature));
         assert_eq!(
@@ -170,8 +168,10 @@ mod tests {
             Err(Rejection::MissingSignature)
         );
         assert_eq!(
-            r(&[(HEADER, &sig), (DELIVERY, "a"), (DELIVERY, "b")], BODY),
-            Err(Rejection::MissingSignature)
+            r(&[(HEADER, &sig), (DELIVERY, "a"), (DELIVERY, "b")], BODY)
+                .unwrap()
+                .keys,
+            ok.keys
         );
         assert_eq!(r(&[(HEADER, &sig)], b"Hello"), Err(Rejection::BadSignature));
         assert_eq!(

@@ -8,23 +8,28 @@
 //!   tried;
 //! - `payload`: what is signed, a template of `{body}` (default), `{timestamp}`,
 //!   `{header:NAME}`, `{url}` and literal text (`{{` and `}}` for braces);
-//! - `timestamp_header`: a header with the signed unix-seconds timestamp, checked against
-//!   `tolerance` (default 5 minutes);
-//! - `id_header`: a header naming the delivery, used as the replay key;
+//! - `timestamp_header`: a header with the unix-seconds timestamp, checked against `tolerance`
+//!   (default 5 minutes); the payload must sign it (`{timestamp}` or `{header:NAME}`), since
+//!   an unsigned timestamp proves no freshness;
+//! - `id_header`: a header naming the delivery, which the payload must sign
+//!   (`{header:NAME}`): an unsigned id would make every respelling of it a new message;
 //! - `public_url`: the URL the sender calls, for `{url}` (the request's query is appended);
 //! - `ttl`: how long keys are remembered when there is no timestamp (default 24 h).
 //!
-//! Replay key: the `id_header` value, else the signature (lowercase hex of its bytes).
+//! Message identity: the signed `id_header` value (kept across the sender's retries), else
+//! the signed payload. `X-Webhook-Id`: the id, else the smallest matching signature (hex).
+
+pub const NAME: &str = "hmac";
 
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
 use super::{
-    check_window, first_secret, hmac_matches, hmac_sign, parse_unix, positive,
-    remember_until_stale, require_secrets, unix_now, HmacSha1, HmacSha256, HmacSha512, Inbound,
-    OptionError, Provider, ProviderFactory, PublicUrl, Rejection, SignError, SignRequest, Signed,
-    Verified, DEFAULT_TTL, FIVE_MINUTES,
+    check_window, hmac_matches, hmac_sign, identity_of, parse_unix, positive, require_secrets,
+    unix_now, HmacSha1, HmacSha256, HmacSha512, Inbound, Keyring, OptionError, Provider,
+    ProviderFactory, PublicUrl, Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    FIVE_MINUTES,
 };
 use crate::config::secret::{Secret, Secrets};
 
@@ -149,7 +154,7 @@ pub fn parse_template(t: &str) -> Result<Vec<Part>, String> {
 
 #[derive(Debug)]
 pub struct GenericHmac {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     header: http::HeaderName,
     algorithm: Algorithm,
     encoding: Encoding,
@@ -232,6 +237,30 @@ impl ProviderFactory for GenericHmac {
                 "`{timestamp}` needs `timestamp_header`",
             ));
         }
+        let signs_header = |h: &http::HeaderName| payload.contains(&Part::Header(h.clone()));
+        if let Some(h) = &timestamp_header {
+            if !payload.contains(&Part::Timestamp) && !signs_header(h) {
+                errors.push(OptionError::new(
+                    "timestamp_header",
+                    format!(
+                        "`{h}` is not signed: add `{{timestamp}}` to `payload` (an unsigned \
+                         timestamp proves no freshness: a captured request could carry any)"
+                    ),
+                ));
+            }
+        }
+        if let Some(h) = &id_header {
+            if !signs_header(h) {
+                errors.push(OptionError::new(
+                    "id_header",
+                    format!(
+                        "`{h}` is not signed: add `{{header:{h}}}` to `payload`, or drop \
+                         `id_header` (an unsigned id would let a captured request through again \
+                         under every new value)"
+                    ),
+                ));
+            }
+        }
         let public_url = if payload.contains(&Part::Url) {
             PublicUrl::parse(o.public_url, &mut errors)
         } else {
@@ -310,6 +339,7 @@ impl Provider for GenericHmac {
             }
             None => None,
         };
+        // Signed by the payload (checked when the route was loaded).
         let id = match &self.id_header {
             Some(h) => Some(
                 req.header(h.as_str())
@@ -339,21 +369,18 @@ impl Provider for GenericHmac {
         if let Some((_, ts)) = timestamp {
             check_window(ts, now, self.tolerance)?;
         }
-        let matched = signatures.iter().find(|sig| {
-            self.secrets
-                .iter()
-                .any(|s| self.algorithm.matches(s.expose().as_bytes(), &parts, sig))
+        let (signers, shown) = self.secrets.verifying_any(&signatures, |s, sig| {
+            self.algorithm.matches(s.expose().as_bytes(), &parts, sig)
         });
-        let sig = matched.ok_or(Rejection::BadSignature)?;
-        Ok(Verified {
-            replay_key: id.map_or_else(|| hex::encode(sig), str::to_owned),
-            timestamp: timestamp.map(|t| t.1),
-            remember_for: match timestamp {
-                Some((_, ts)) => remember_until_stale(ts, now, self.tolerance),
-                None => self.ttl,
-            },
-            answer: None,
-            signed_key: None,
+        let verified = match id {
+            Some(id) => signers.message(NAME, id.as_bytes())?.id(id),
+            None => signers
+                .message(NAME, &identity_of(&parts))?
+                .id(shown.map(hex::encode).unwrap_or_default()),
+        };
+        Ok(match timestamp {
+            Some((_, ts)) => verified.signed_at(ts, now, self.tolerance),
+            None => verified.remember(self.ttl),
         })
     }
 
@@ -383,7 +410,7 @@ impl Provider for GenericHmac {
     /// Signs with the configured scheme; headers named in the payload that `sign` cannot know
     /// (other than the id and timestamp headers, which it fills in) make it fail.
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         let ts = unix_now(now).to_string();
         let id = super::fresh_token(32);
         let url = self
@@ -486,13 +513,13 @@ mod tests {
     #[test]
     fn slack_like_scheme() {
         let p = options(
-            "secrets: [old, generic-secret]\nheader: X-Sig\nprefix: \"v0=\"\npayload: \"v0:{timestamp}:{body}\"\ntimestamp_header: X-Ts\nid_header: X-Id",
+            "secrets: [old, generic-secret]\nheader: X-Sig\nprefix: \"v0=\"\npayload: \"v0:{timestamp}:{header:X-Id}:{body}\"\ntimestamp_header: X-Ts\nid_header: X-Id",
         )
         .unwrap();
         let ts = T.to_string();
         let mac = hex::encode(hmac_sign::<HmacSha256>(
             KEY.as_bytes(),
-            &[b"v0:", ts.as_bytes(), b":", BODY],
+            &[b"v0:", ts.as_bytes(), b":d1:", BODY],
         ));
         let sig = format!("v0={}, v0={mac}", "0".repeat(64));
         let r =
@@ -503,7 +530,7 @@ mod tests {
             ("X-Id", "d1"),
         ];
         let ok = r(&all, BODY, T).unwrap();
-        assert_eq!((ok.replay_key.as_str(), ok.timestamp), ("d1", Some(T)));
+        assert_eq!((ok.id.as_str(), ok.timestamp), ("d1", Some(T)));
         assert_eq!(r(&all[..2], BODY, T), Err(Rejection::MissingSignature));
         assert_eq!(
             r(&[all[0], all[2]], BODY, T),
@@ -511,9 +538,54 @@ mod tests {
         );
         assert_eq!(r(&all, BODY, T + 301), Err(Rejection::StaleTimestamp));
         assert_eq!(r(&all, b"{}", T), Err(Rejection::BadSignature));
+        // The id is signed: another one breaks the signature.
+        let respelt = [all[0], all[1], ("X-Id", "d2")];
+        assert_eq!(r(&respelt, BODY, T), Err(Rejection::BadSignature));
         let url = "http://127.0.0.1:1/h";
         let signed = sign_now(&p, url, BODY, T);
         assert!(check_signed(&p, url, &signed, T).is_ok());
+    }
+
+    /// An id or a timestamp the payload does not sign proves nothing: refused at load.
+    #[test]
+    fn unsigned_id_and_timestamp_headers_are_refused() {
+        let keys = |yaml: &str| -> Vec<&'static str> {
+            options(yaml)
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.key)
+                .collect()
+        };
+        assert_eq!(
+            keys("secrets: s\nheader: X-Sig\nid_header: X-Id"),
+            ["id_header"]
+        );
+        assert_eq!(
+            keys("secrets: s\nheader: X-Sig\ntimestamp_header: X-Ts"),
+            ["timestamp_header"]
+        );
+        // Signed through `{header:NAME}` or `{timestamp}`: accepted.
+        assert!(options(
+            "secrets: s\nheader: X-Sig\nid_header: X-Id\ntimestamp_header: X-Ts\npayload: \"{header:X-Id}.{header:X-Ts}.{body}\""
+        )
+        .is_ok());
+    }
+
+    /// Rotation on the sender's side: either signature, in any order, names one message.
+    #[test]
+    fn the_keys_do_not_depend_on_the_order_of_the_signatures() {
+        let p =
+            options("secrets: [a-secret, b-secret]\nheader: X-Sig\nprefix: \"sha256=\"").unwrap();
+        let mac = |k: &str| hex::encode(hmac_sign::<HmacSha256>(k.as_bytes(), &[BODY]));
+        let (a, b) = (mac("a-secret"), mac("b-secret"));
+        let v = |h: &str| check(&p, "/h", &[("X-Sig", h)], None, BODY, T).unwrap();
+        let both = v(&format!("sha256={a},sha256={b}"));
+        let swapped = v(&format!("sha256={b},sha256={a}"));
+        assert_eq!((&both.keys, &both.id), (&swapped.keys, &swapped.id));
+        assert_eq!(both.keys.len(), 2);
+        let only_b = v(&format!("sha256={b}"));
+        assert!(only_b.keys.iter().all(|k| both.keys.contains(k)));
     }
 
     #[test]

@@ -2,25 +2,26 @@
 //! secret (Intercom's "Webhooks: signed notifications"). No signed timestamp: keys are
 //! remembered for `ttl` (default 24 h).
 //!
-//! Replay key: the notification's `id` (`notif_...`) from the signed body, which Intercom keeps
-//! on retries; else the signature.
+//! Message identity: the notification's `id` (`notif_...`) from the signed body, which Intercom
+//! keeps on retries; else the body.
 
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
 use super::{
-    any_secret, decode_hex, first_secret, hmac_matches, hmac_sign, json_member, positive,
-    require_secrets, signed_json, HmacSha1, Inbound, OptionError, Provider, ProviderFactory,
-    Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    decode_hex, hmac_matches, hmac_sign, identity_of, json_member, positive, require_secrets,
+    signed_json, HmacSha1, Inbound, Keyring, OptionError, Provider, ProviderFactory, Rejection,
+    SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
 };
 use crate::config::secret::{Secret, Secrets};
 
+pub const NAME: &str = "intercom";
 pub const HEADER: &str = "x-hub-signature";
 
 #[derive(Debug)]
 pub struct Intercom {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     ttl: Duration,
 }
 
@@ -51,17 +52,19 @@ impl Provider for Intercom {
             .and_then(|h| decode_hex(h, 20))
             .ok_or(Rejection::MissingSignature)?;
         let body: [&[u8]; 1] = [req.body.bytes()];
-        any_secret(&self.secrets, |key| {
-            hmac_matches::<HmacSha1>(key, &body, &sig)
-        })
-        .ok_or(Rejection::BadSignature)?;
-        Ok(Verified {
-            replay_key: json_member(req.body.bytes(), "id").unwrap_or_else(|| hex::encode(&sig)),
-            timestamp: None,
-            remember_for: self.ttl,
-            answer: None,
-            signed_key: None,
-        })
+        let signers = self
+            .secrets
+            .verifying(|key| hmac_matches::<HmacSha1>(key.expose().as_bytes(), &body, &sig));
+        if signers.is_empty() {
+            return Err(Rejection::BadSignature);
+        }
+        let verified = match json_member(req.body.bytes(), "id") {
+            Some(id) => signers.message(NAME, id.as_bytes())?.id(id),
+            None => signers
+                .message(NAME, &identity_of(&body))?
+                .id(hex::encode(&sig)),
+        };
+        Ok(verified.remember(self.ttl))
     }
 
     fn summary(&self) -> String {
@@ -69,7 +72,7 @@ impl Provider for Intercom {
     }
 
     fn sign(&self, req: &SignRequest<'_>, _now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         Ok(signed_json(
             vec![(
                 "X-Hub-Signature".into(),
@@ -109,10 +112,10 @@ mod tests {
         let p = provider(&["old", KEY]);
         let sig = signature(KEY, BODY);
         let r = |pairs: &[(&str, &str)], body: &[u8]| check(&p, "/i", pairs, None, body, 0);
-        assert_eq!(r(&[(HEADER, &sig)], BODY).unwrap().replay_key, "notif_1");
+        assert_eq!(r(&[(HEADER, &sig)], BODY).unwrap().id, "notif_1");
         let other = br#"{"x":1}"#;
         let sig2 = signature(KEY, other);
-        assert_eq!(r(&[(HEADER, &sig2)], other).unwrap().replay_key, &sig2[5..]);
+        assert_eq!(r(&[(HEADER, &sig2)], other).unwrap().id, &sig2[5..]);
         assert_eq!(r(&[], BODY), Err(Rejection::MissingSignature));
         assert_eq!(
             r(&[(HEADER, &sig[5..])], BODY),

@@ -3,26 +3,27 @@
 //! as `@linear/sdk`'s `LinearWebhookClient.verify`, it must lie within 60 seconds of now (the
 //! unsigned `Linear-Timestamp` header is not trusted).
 //!
-//! Replay key: `{webhookTimestamp}.{signature}`, both signed (the `Linear-Delivery` header is
-//! not).
+//! Message identity: the body (it holds the signed `webhookTimestamp`); the `Linear-Delivery`
+//! header is not signed and takes no part. `X-Webhook-Id`: `{webhookTimestamp}.{signature}`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
 use super::{
-    decode_hex, first_secret, hmac_matches, hmac_sign, json_member, parse_unix, positive,
-    remember_until_stale, require_secrets, HmacSha256, Inbound, OptionError, Provider,
-    ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
+    decode_hex, hmac_matches, hmac_sign, identity_of, json_member, parse_unix, positive,
+    require_secrets, HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory,
+    Rejection, SignError, SignRequest, Signed, Verified,
 };
 use crate::config::secret::{Secret, Secrets};
 
+pub const NAME: &str = "linear";
 pub const HEADER: &str = "linear-signature";
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct Linear {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     tolerance: Duration,
 }
 
@@ -66,21 +67,17 @@ impl Provider for Linear {
             return Err(Rejection::StaleTimestamp);
         }
         let parts: [&[u8]; 1] = [body];
-        if !self
+        let signers = self
             .secrets
-            .iter()
-            .any(|s| hmac_matches::<HmacSha256>(s.expose().as_bytes(), &parts, &sig))
-        {
-            return Err(Rejection::BadSignature);
-        }
+            .verifying(|key| hmac_matches::<HmacSha256>(key.expose().as_bytes(), &parts, &sig));
         let ts = ts_ms / 1000;
-        Ok(Verified {
-            replay_key: format!("{ts_ms}.{}", hex::encode(&sig)),
-            timestamp: Some(ts),
-            remember_for: remember_until_stale(ts + 1, now, self.tolerance),
-            answer: None,
-            signed_key: None,
-        })
+        let mut verified = signers
+            .message(NAME, &identity_of(&parts))?
+            .id(format!("{ts_ms}.{}", hex::encode(&sig)))
+            .signed_at(ts, now, self.tolerance);
+        // The window is checked in milliseconds: remember past the second it ends in.
+        verified.remember_for = super::remember_until_stale(ts + 1, now, self.tolerance);
+        Ok(verified)
     }
 
     fn summary(&self) -> String {
@@ -89,7 +86,7 @@ impl Provider for Linear {
 
     /// Sets the body's `webhookTimestamp` to now, then signs it.
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         let trimmed = req.body.trim_ascii();
         let mut doc: serde_json::Map<String, serde_json::Value> = if trimmed.is_empty() {
             serde_json::Map::new()
@@ -143,7 +140,7 @@ mod tests {
         let r =
             |pairs: &[(&str, &str)], body: &[u8], now: i64| check(&p, "/l", pairs, None, body, now);
         let ok = r(&[(HEADER, &sig)], BODY, T).unwrap();
-        assert_eq!(ok.replay_key, format!("1700000000500.{sig}"));
+        assert_eq!(ok.id, format!("1700000000500.{sig}"));
         assert_eq!(ok.timestamp, Some(T));
         assert!(r(&[(HEADER, &sig)], BODY, T + 60).is_ok());
         assert_eq!(

@@ -2,25 +2,29 @@
 //!
 //! The material lives in the body: a `signature` object beside `event-data` in current JSON
 //! webhooks, or `timestamp`/`token`/`signature` fields in legacy form and multipart posts.
-//! The signature does not cover the body, so the token replay check is what stops a captured
-//! signature from being reused with another body.
+//! The signature does not cover the body: the token's single use is what vouches for it.
+//! Replay keys are the token under the signing key (every route with the same key shares
+//! them), and a token whose delivery failed may come back only with the body it first
+//! carried ([`Provider::covers_body`] is false).
 
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
 use super::{
-    check_window, hmac_matches, remember_until_stale, HmacSha256, Inbound, OptionError, Provider,
-    ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
+    check_window, hmac_matches, require_secrets, HmacSha256, Inbound, Keyring, OptionError,
+    Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
 };
 use crate::body::{Body, MediaType};
 use crate::config::secret::{Secret, Secrets};
+
+pub const NAME: &str = "mailgun";
 
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
 pub struct Mailgun {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     tolerance: Duration,
 }
 
@@ -37,20 +41,9 @@ impl ProviderFactory for Mailgun {
 
     fn from_options(o: Options) -> Result<Self, Vec<OptionError>> {
         let mut errors = Vec::new();
-        if o.secrets.0.is_empty() || o.secrets.0.iter().any(Secret::is_empty) {
-            errors.push(OptionError::new(
-                "secrets",
-                "every secret must be a non-empty string",
-            ));
-        }
-        if errors.is_empty() {
-            Ok(Mailgun {
-                secrets: o.secrets.0,
-                tolerance: o.tolerance.unwrap_or(DEFAULT_TOLERANCE),
-            })
-        } else {
-            Err(errors)
-        }
+        let secrets = require_secrets(o.secrets, &mut errors);
+        let tolerance = super::positive("tolerance", o.tolerance, DEFAULT_TOLERANCE, &mut errors);
+        super::finish(Mailgun { secrets, tolerance }, errors)
     }
 }
 
@@ -69,20 +62,18 @@ impl Provider for Mailgun {
         let expected = decode_signature(&m.signature).ok_or(Rejection::MissingSignature)?;
         check_window(timestamp, now, self.tolerance)?;
         let parts: [&[u8]; 2] = [m.timestamp.as_bytes(), m.token.as_bytes()];
-        let valid = self
+        let signers = self
             .secrets
-            .iter()
-            .any(|s| hmac_matches::<HmacSha256>(s.expose().as_bytes(), &parts, &expected));
-        if !valid {
-            return Err(Rejection::BadSignature);
-        }
-        Ok(Verified {
-            replay_key: m.token,
-            timestamp: Some(timestamp),
-            remember_for: remember_until_stale(timestamp, now, self.tolerance),
-            answer: None,
-            signed_key: None,
-        })
+            .verifying(|s| hmac_matches::<HmacSha256>(s.expose().as_bytes(), &parts, &expected));
+        // Mailgun: "cache the token and refuse any subsequent request with the same token".
+        Ok(signers
+            .message(NAME, m.token.as_bytes())?
+            .id(m.token)
+            .signed_at(timestamp, now, self.tolerance))
+    }
+
+    fn covers_body(&self) -> bool {
+        false
     }
 
     fn summary(&self) -> String {
@@ -92,7 +83,7 @@ impl Provider for Mailgun {
     /// Adds a fresh `signature` object to a JSON body, or `timestamp`/`token`/`signature`
     /// fields to a form body (replacing any already there).
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
-        let secret = self.secrets.first().ok_or(SignError::Unsupported)?;
+        let secret = self.secrets.first()?;
         let timestamp = super::unix_now(now).to_string();
         let token = super::fresh_token(50);
         let signature = sign(secret.expose(), &timestamp, &token);
@@ -133,18 +124,22 @@ impl Provider for Mailgun {
     }
 }
 
-/// Finds the signature material in a JSON, form or multipart body.
+/// Finds the signature material in a JSON, form or multipart body, before the body is
+/// authenticated: the three fields are picked out in one pass that builds nothing else.
+/// `Ok(None)`: absent, repeated or unparsable.
 pub fn material(body: &Body) -> Option<Material> {
     match body.media() {
         MediaType::Json | MediaType::Missing => from_json(body.bytes()),
         MediaType::Form | MediaType::Multipart { .. } => {
-            let fields = body.fields().ok()?;
-            let get = |name: &str| fields.single_text(name).map(str::to_owned);
-            Some(Material {
-                timestamp: get("timestamp")?,
-                token: get("token")?,
-                signature: get("signature")?,
-            })
+            match body.single_texts(["timestamp", "token", "signature"]) {
+                Ok([Some(timestamp), Some(token), Some(signature)]) => Some(Material {
+                    timestamp,
+                    token,
+                    signature,
+                }),
+                // Absent, repeated, or a multipart body that does not parse.
+                Ok(_) | Err(_) => None,
+            }
         }
         MediaType::Other => None,
     }
@@ -216,7 +211,7 @@ mod tests {
 
     fn provider(secrets: &[&str]) -> Mailgun {
         Mailgun {
-            secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+            secrets: Keyring::from_secrets(secrets.iter().map(|s| Secret::new(*s)).collect()),
             tolerance: DEFAULT_TOLERANCE,
         }
     }
@@ -254,7 +249,8 @@ mod tests {
             1_700_000_000,
         )
         .unwrap();
-        assert_eq!(v.replay_key, "tok1");
+        assert_eq!(v.id, "tok1");
+        assert_eq!(v.keys.len(), 1);
         assert_eq!(v.timestamp, Some(1_700_000_000));
         let form = format!("timestamp=1700000000&token=tok1&signature={sig}&event=opened");
         assert!(check(

@@ -5,8 +5,8 @@
 //! A repeated field is ambiguous and makes the request unusable. No signed timestamp: keys
 //! are remembered for `ttl` (default 24 h).
 //!
-//! Replay key: the signature (Mandrill sends no delivery id; the signature is a function of the
-//! batch, so a resent batch gets the same key).
+//! Message identity: the URL and fields signed (Mandrill sends no delivery id; a resent batch
+//! is the same message). `X-Webhook-Id`: the signature (base64).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -14,18 +14,19 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::{
-    base64, decode_base64, first_secret, hmac_matches, hmac_sign, positive, require_secrets,
-    HmacSha1, Inbound, OptionError, Provider, ProviderFactory, PublicUrl, Rejection, SignError,
-    SignRequest, Signed, Verified, DEFAULT_TTL,
+    base64, decode_base64, hmac_matches, hmac_sign, identity_of, positive, require_secrets,
+    HmacSha1, Inbound, Keyring, OptionError, Provider, ProviderFactory, PublicUrl, Rejection,
+    SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
 };
 use crate::body::{FieldValue, MediaType};
 use crate::config::secret::{Secret, Secrets};
 
+pub const NAME: &str = "mandrill";
 pub const HEADER: &str = "x-mandrill-signature";
 
 #[derive(Debug)]
 pub struct Mandrill {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     public_url: PublicUrl,
     ttl: Duration,
 }
@@ -77,7 +78,7 @@ impl Provider for Mandrill {
             .ok_or(Rejection::MissingSignature)?;
         let params = match req.body.media() {
             MediaType::Form | MediaType::Multipart { .. } => {
-                let fields = req.body.fields().map_err(|_| Rejection::MissingSignature)?;
+                let fields = req.body.fields().map_err(super::field_error)?;
                 let mut pairs = Vec::with_capacity(fields.0.len());
                 for f in &fields.0 {
                     match &f.value {
@@ -92,23 +93,15 @@ impl Provider for Mandrill {
         };
         let url = self.public_url.for_request(req.path_and_query);
         let parts: [&[u8]; 2] = [url.as_bytes(), params.as_bytes()];
-        if !self
+        let signers = self
             .secrets
-            .iter()
-            .any(|s| hmac_matches::<HmacSha1>(s.expose().as_bytes(), &parts, &sig))
-        {
-            return Err(Rejection::BadSignature);
-        }
-        Ok(Verified {
-            replay_key: base64(&sig),
-            timestamp: None,
-            remember_for: self.ttl,
-            answer: None,
-            signed_key: None,
-        })
+            .verifying(|key| hmac_matches::<HmacSha1>(key.expose().as_bytes(), &parts, &sig));
+        Ok(signers
+            .message(NAME, &identity_of(&parts))?
+            .id(base64(&sig))
+            .remember(self.ttl))
     }
 
-    /// Mandrill checks a new webhook URL with an unsigned `HEAD` and expects 200.
     fn answers_head_probe(&self) -> bool {
         true
     }
@@ -124,7 +117,7 @@ impl Provider for Mandrill {
 
     /// Signs a form body; a JSON body is sent as Mandrill does, as its `mandrill_events` field.
     fn sign(&self, req: &SignRequest<'_>, _now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         let trimmed = req.body.trim_ascii();
         let form = if trimmed.starts_with(b"[") || trimmed.starts_with(b"{") {
             let text = std::str::from_utf8(trimmed).map_err(|e| SignError::Body(e.to_string()))?;
@@ -193,7 +186,7 @@ mod tests {
         ));
         assert_eq!(sig, by_hand);
         let r = |pairs: &[(&str, &str)], body: &[u8]| check(&p, "/m", pairs, CT, body, 0);
-        assert_eq!(r(&[(HEADER, &sig)], FORM).unwrap().replay_key, sig);
+        assert_eq!(r(&[(HEADER, &sig)], FORM).unwrap().id, sig);
         assert_eq!(r(&[], FORM), Err(Rejection::MissingSignature));
         assert_eq!(
             r(&[(HEADER, &sig), (HEADER, &sig)], FORM),

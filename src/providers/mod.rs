@@ -15,6 +15,8 @@ use serde::de::DeserializeOwned;
 
 use crate::body::Body;
 use crate::config::introspect::struct_fields;
+use crate::config::secret::Secret;
+use crate::message::{self, MessageKey, SignerId};
 pub use crate::outcome::Rejection;
 
 pub mod basic_auth;
@@ -60,20 +62,173 @@ impl Inbound<'_> {
 /// A request whose signature verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    /// The provider's identity for this delivery (contract: replay key).
-    pub replay_key: String,
+    /// The message's id as the application sees it (`X-Webhook-Id`) and the log shows it:
+    /// taken from signed material only (a signed token or id, or the signature itself).
+    pub id: String,
+    /// The replay keys: one per key of the route that verified the message, each naming the
+    /// message by provider, signer and signed material (see [`crate::message`]). Never empty.
+    pub keys: Vec<MessageKey>,
     /// Unix seconds, for providers that sign a timestamp.
     pub timestamp: Option<i64>,
-    /// How long the key must be remembered once delivered.
+    /// How long the keys must be remembered once delivered.
     pub remember_for: Duration,
     /// When set, hookguard answers the request itself instead of forwarding it (a provider's
     /// endpoint-validation challenge, such as Zoom's `endpoint.url_validation`).
     pub answer: Option<Answer>,
-    /// A second replay identity made of signed values only, for providers whose delivery id
-    /// (`replay_key`) is a header they do not sign and who sign no timestamp: without it, a
-    /// captured request resent under a fresh id would pass. A provider's own retry carries
-    /// the same id and the same signature, so both identities agree for it.
-    pub signed_key: Option<String>,
+}
+
+impl Verified {
+    /// Sets the id shown to the application (default: the hex of the first replay key).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// The message was signed at `timestamp` (unix seconds), checked against `tolerance`:
+    /// its keys are remembered until the timestamp can no longer pass the window.
+    pub fn signed_at(mut self, timestamp: i64, now: SystemTime, tolerance: Duration) -> Self {
+        self.timestamp = Some(timestamp);
+        self.remember_for = remember_until_stale(timestamp, now, tolerance);
+        self
+    }
+
+    /// No signed timestamp: keys are remembered for `ttl`.
+    pub fn remember(mut self, ttl: Duration) -> Self {
+        self.remember_for = ttl;
+        self
+    }
+
+    pub fn answer(mut self, answer: Option<Answer>) -> Self {
+        self.answer = answer;
+        self
+    }
+}
+
+/// A message identity made of signed parts: 128 bits of SHA-256 over them (length-prefixed).
+pub fn identity_of(parts: &[&[u8]]) -> [u8; 16] {
+    message::digest(parts).to_be_bytes()
+}
+
+/// A route's verifying keys (secrets or public keys), each with its fingerprint.
+/// Verification tries every key: the time taken does not tell which one matched, and every
+/// signer of a message is known (the replay guard holds one key per signer).
+#[derive(Clone)]
+pub struct Keyring<K> {
+    entries: Vec<(K, SignerId)>,
+}
+
+impl<K> Keyring<K> {
+    /// `material` gives the bytes that identify a key (what the MAC is keyed with, or the
+    /// encoded public key).
+    pub fn new(keys: Vec<K>, material: impl Fn(&K) -> Vec<u8>) -> Self {
+        let entries = keys
+            .into_iter()
+            .map(|k| {
+                let id = SignerId::of(&material(&k));
+                (k, id)
+            })
+            .collect();
+        Keyring { entries }
+    }
+
+    /// The keys that `verifies` accepts, in the route's order. Every key is tried.
+    pub fn verifying(&self, mut verifies: impl FnMut(&K) -> bool) -> Signers<'_, K> {
+        let mut found = Vec::new();
+        for (key, id) in &self.entries {
+            if verifies(key) {
+                found.push((key, *id));
+            }
+        }
+        Signers(found)
+    }
+
+    /// For headers that carry several signatures (a sender rolling its secret signs with
+    /// both): the keys that verify any of `signatures`, and the smallest signature that
+    /// verified (the one named in `X-Webhook-Id`, whatever order the sender listed them in).
+    /// Every (key, signature) pair is tried once.
+    pub fn verifying_any<'s, S: AsRef<[u8]> + Ord>(
+        &self,
+        signatures: &'s [S],
+        verifies: impl Fn(&K, &[u8]) -> bool,
+    ) -> (Signers<'_, K>, Option<&'s S>) {
+        let mut shown: Option<&'s S> = None;
+        let signers = self.verifying(|key| {
+            let mut any = false;
+            for sig in signatures {
+                if verifies(key, sig.as_ref()) {
+                    any = true;
+                    if shown.is_none_or(|s| sig < s) {
+                        shown = Some(sig);
+                    }
+                }
+            }
+            any
+        });
+        (signers, shown)
+    }
+
+    /// The first key, for `hookguard sign`.
+    pub fn first(&self) -> Result<&K, SignError> {
+        self.entries
+            .first()
+            .map(|(k, _)| k)
+            .ok_or(SignError::Unsupported)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &K> {
+        self.entries.iter().map(|(k, _)| k)
+    }
+}
+
+impl Keyring<Secret> {
+    pub fn from_secrets(secrets: Vec<Secret>) -> Self {
+        Keyring::new(secrets, |s| s.expose().as_bytes().to_vec())
+    }
+}
+
+impl<K> std::fmt::Debug for Keyring<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keyring({} key(s), <redacted>)", self.entries.len())
+    }
+}
+
+/// The keys of a route that verified one message.
+pub struct Signers<'a, K>(Vec<(&'a K, SignerId)>);
+
+impl<'a, K> Signers<'a, K> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first matching key in the route's order (Zoom answers its challenge with it).
+    pub fn first(&self) -> Option<&'a K> {
+        self.0.first().map(|(k, _)| *k)
+    }
+
+    /// The verdict: `bad_signature` when no key verified the message, else the message named
+    /// by `identity` (signed material only) under `provider`, signed by each of these keys.
+    pub fn message(&self, provider: &str, identity: &[u8]) -> Result<Verified, Rejection> {
+        if self.0.is_empty() {
+            return Err(Rejection::BadSignature);
+        }
+        let ids: Vec<SignerId> = self.0.iter().map(|(_, id)| *id).collect();
+        let keys = message::keys(provider, &ids, identity);
+        Ok(Verified {
+            id: format!("{:032x}", keys[0].0),
+            keys,
+            timestamp: None,
+            remember_for: DEFAULT_TTL,
+            answer: None,
+        })
+    }
 }
 
 /// A response hookguard gives on the provider's behalf to a verified request.
@@ -97,6 +252,19 @@ pub trait Provider: Send + Sync + 'static {
     /// (Mandrill) probe a webhook URL that way before they start signing posts to it.
     fn answers_head_probe(&self) -> bool {
         false
+    }
+
+    /// Whether the signature (or the replay identity) pins the body. Mailgun signs only a
+    /// timestamp and a token: the first body delivered with a token is the only one it may
+    /// carry, so a released key is bound to the digest of that body.
+    fn covers_body(&self) -> bool {
+        true
+    }
+
+    /// Request headers the provider consumed as credentials (`Authorization` for
+    /// `basic_auth`): never forwarded to the application.
+    fn consumed_headers(&self) -> &'static [&'static str] {
+        &[]
     }
 
     /// Signs `body` as the provider would now, with the route's first secret, for
@@ -324,19 +492,14 @@ pub const FIVE_MINUTES: Duration = Duration::from_secs(300);
 pub fn require_secrets(
     secrets: crate::config::secret::Secrets,
     errors: &mut Vec<OptionError>,
-) -> Vec<crate::config::secret::Secret> {
-    if secrets.0.is_empty()
-        || secrets
-            .0
-            .iter()
-            .any(crate::config::secret::Secret::is_empty)
-    {
+) -> Keyring<Secret> {
+    if secrets.0.is_empty() || secrets.0.iter().any(Secret::is_empty) {
         errors.push(OptionError::new(
             "secrets",
             "every secret must be a non-empty string",
         ));
     }
-    secrets.0
+    Keyring::from_secrets(secrets.0)
 }
 
 /// Checks a `tolerance` or `ttl` option: more than zero.
@@ -362,12 +525,13 @@ pub fn finish<T>(value: T, errors: Vec<OptionError>) -> Result<T, Vec<OptionErro
     }
 }
 
-/// Whether `check` holds for the key bytes of any of `secrets`.
-pub fn any_secret(
-    secrets: &[crate::config::secret::Secret],
-    check: impl Fn(&[u8]) -> bool,
-) -> Option<usize> {
-    secrets.iter().position(|s| check(s.expose().as_bytes()))
+/// The verdict on a body whose fields could not be read before verification: too many of
+/// them is a size limit (413); anything else leaves the signature material unreadable.
+pub fn field_error(e: crate::body::BodyError) -> Rejection {
+    match e {
+        crate::body::BodyError::TooManyFields(_) => Rejection::BodyTooLarge,
+        _ => Rejection::MissingSignature,
+    }
 }
 
 /// Unix seconds written as decimal digits only (no sign, no fraction, no spaces).
@@ -411,14 +575,49 @@ pub fn query(path_and_query: &str) -> Option<&str> {
 }
 
 /// A top-level string (or integer) member of a JSON object body, when the body is one and
-/// the member occurs once. Used for ids inside signed bodies.
+/// the member occurs exactly once. Used for ids inside signed bodies. The other members are
+/// skipped without being built (serde's `IgnoredAny`), so a large body costs no memory here.
 pub fn json_member(body: &[u8], name: &str) -> Option<String> {
-    let doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
-    match doc.get(name)? {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+    struct Member<'n>(&'n str);
+
+    impl<'de> DeserializeSeed<'de> for Member<'_> {
+        type Value = Option<String>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
     }
+
+    impl<'de> Visitor<'de> for Member<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found: Option<Option<String>> = None;
+            let mut repeated = false;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key != self.0 {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                let value = match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(s) if !s.is_empty() => Some(s),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                };
+                repeated |= found.is_some();
+                found = Some(value);
+            }
+            Ok(if repeated { None } else { found.flatten() })
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = Member(name).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    value
 }
 
 /// The URL a provider calls, as configured in `public_url`: scheme, host, optional port and
@@ -507,13 +706,6 @@ impl<'de> serde::Deserialize<'de> for OneOrMany {
             )),
         }
     }
-}
-
-/// The first secret of a route, for `hookguard sign`.
-pub fn first_secret(
-    secrets: &[crate::config::secret::Secret],
-) -> Result<&crate::config::secret::Secret, SignError> {
-    secrets.first().ok_or(SignError::Unsupported)
 }
 
 /// Helpers for the providers' unit tests.

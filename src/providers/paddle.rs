@@ -3,27 +3,28 @@
 //! and every secret is tried. As Paddle's SDKs, an unknown key in the header makes it
 //! unusable, and the default tolerance is Paddle's own: 5 seconds (`tolerance` widens it).
 //!
-//! Replay key: the body's `notification_id` (signed; kept across Paddle's retries), else its
-//! `event_id`, else `{ts}.{h1}`.
+//! Message identity: the body's `notification_id` (signed; kept across Paddle's retries), else
+//! its `event_id`, else `{ts}:{body}` (shown as `{ts}.{h1}`).
 
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
 use super::{
-    check_window, decode_hex, first_secret, hmac_matches, hmac_sign, json_member, parse_unix,
-    positive, remember_until_stale, require_secrets, signed_json, unix_now, HmacSha256, Inbound,
-    OptionError, Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
+    check_window, decode_hex, hmac_matches, hmac_sign, identity_of, json_member, parse_unix,
+    positive, require_secrets, signed_json, unix_now, HmacSha256, Inbound, Keyring, OptionError,
+    Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
 };
 use crate::config::secret::{Secret, Secrets};
 
+pub const NAME: &str = "paddle";
 pub const HEADER: &str = "paddle-signature";
 /// `Verifier(maximum_variance=5)` in paddle-python-sdk, `MAX_VALID_TIME_DIFFERENCE = 5` in Node.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct Paddle {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     tolerance: Duration,
 }
 
@@ -69,22 +70,21 @@ impl Provider for Paddle {
         check_window(ts, now, self.tolerance)?;
         let body = req.body.bytes();
         let parts: [&[u8]; 3] = [ts_text.as_bytes(), b":", body];
-        let matched = signatures.iter().find(|sig| {
-            self.secrets
-                .iter()
-                .any(|s| hmac_matches::<HmacSha256>(s.expose().as_bytes(), &parts, sig))
+        let (signers, shown) = self.secrets.verifying_any(&signatures, |key, sig| {
+            hmac_matches::<HmacSha256>(key.expose().as_bytes(), &parts, sig)
         });
-        let sig = matched.ok_or(Rejection::BadSignature)?;
-        let replay_key = json_member(body, "notification_id")
-            .or_else(|| json_member(body, "event_id"))
-            .unwrap_or_else(|| format!("{ts}.{}", hex::encode(sig)));
-        Ok(Verified {
-            replay_key,
-            timestamp: Some(ts),
-            remember_for: remember_until_stale(ts, now, self.tolerance),
-            answer: None,
-            signed_key: None,
-        })
+        if signers.is_empty() {
+            return Err(Rejection::BadSignature);
+        }
+        let verified =
+            match json_member(body, "notification_id").or_else(|| json_member(body, "event_id")) {
+                Some(id) => signers.message(NAME, id.as_bytes())?.id(id),
+                None => signers.message(NAME, &identity_of(&parts))?.id(format!(
+                    "{ts}.{}",
+                    shown.map(hex::encode).unwrap_or_default()
+                )),
+            };
+        Ok(verified.signed_at(ts, now, self.tolerance))
     }
 
     fn summary(&self) -> String {
@@ -92,7 +92,7 @@ impl Provider for Paddle {
     }
 
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         let ts = unix_now(now);
         Ok(signed_json(
             vec![(
@@ -134,7 +134,7 @@ mod tests {
         let p = provider(&["old", KEY]);
         let h = header_for(KEY, T, BODY);
         let r = |h: &str, body: &[u8], now: i64| check(&p, "/p", &[(HEADER, h)], None, body, now);
-        assert_eq!(r(&h, BODY, T).unwrap().replay_key, "ntf_01");
+        assert_eq!(r(&h, BODY, T).unwrap().id, "ntf_01");
         let rotated = format!("{h};h1={}", "ab".repeat(32));
         assert!(r(&rotated, BODY, T + 5).is_ok());
         assert_eq!(r(&h, BODY, T + 6), Err(Rejection::StaleTimestamp));
@@ -148,7 +148,7 @@ mod tests {
         let body2 = br#"{"x":1}"#;
         let h2 = header_for(KEY, T, body2);
         assert_eq!(
-            r(&h2, body2, T).unwrap().replay_key,
+            r(&h2, body2, T).unwrap().id,
             format!("{T}.{}", h2.split("h1=").nth(1).unwrap())
         );
     }

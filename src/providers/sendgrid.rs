@@ -6,9 +6,10 @@
 //!
 //! SendGrid's SDKs check no timestamp window; hookguard applies 5 minutes (`tolerance`).
 //!
-//! Replay key: `{timestamp}.{signature}`, the signature re-encoded in its low-S fixed-size form
-//! so that the malleable twin of a captured signature (s → n − s, or another DER spelling) gets
-//! the same key.
+//! Message identity: `{timestamp}{body}`, what is signed, so every valid signature of one
+//! message (ECDSA signatures are randomized; a malleable twin s → n − s, another DER spelling)
+//! names the same message. `X-Webhook-Id`: `{timestamp}.{signature}`, the signature in its
+//! low-S fixed-size form.
 
 use std::time::{Duration, SystemTime};
 
@@ -19,17 +20,18 @@ use serde::Deserialize;
 use sha2::Digest;
 
 use super::{
-    base64, check_window, parse_unix, positive, remember_until_stale, Inbound, OneOrMany,
+    base64, check_window, identity_of, parse_unix, positive, Inbound, Keyring, OneOrMany,
     OptionError, Provider, ProviderFactory, Rejection, Verified, FIVE_MINUTES,
 };
 
+pub const NAME: &str = "sendgrid";
 pub const SIGNATURE: &str = "x-twilio-email-event-webhook-signature";
 pub const TIMESTAMP: &str = "x-twilio-email-event-webhook-timestamp";
 pub const DEFAULT_TOLERANCE: Duration = FIVE_MINUTES;
 
 #[derive(Debug)]
 pub struct SendGrid {
-    keys: Vec<VerifyingKey>,
+    keys: Keyring<VerifyingKey>,
     tolerance: Duration,
 }
 
@@ -72,6 +74,7 @@ impl ProviderFactory for SendGrid {
             ));
         }
         let tolerance = positive("tolerance", o.tolerance, DEFAULT_TOLERANCE, &mut errors);
+        let keys = Keyring::new(keys, |k| k.to_encoded_point(true).as_bytes().to_vec());
         super::finish(SendGrid { keys, tolerance }, errors)
     }
 }
@@ -94,21 +97,15 @@ impl Provider for SendGrid {
         let digest = sha2::Sha256::new()
             .chain_update(ts_text.as_bytes())
             .chain_update(req.body.bytes());
-        let valid = self
+        let signers = self
             .keys
-            .iter()
-            .any(|k| k.verify_digest(digest.clone(), &sig).is_ok());
-        if !valid {
-            return Err(Rejection::BadSignature);
-        }
+            .verifying(|k| k.verify_digest(digest.clone(), &sig).is_ok());
         let canonical = sig.normalize_s().unwrap_or(sig);
-        Ok(Verified {
-            replay_key: format!("{ts}.{}", base64(&canonical.to_bytes())),
-            timestamp: Some(ts),
-            remember_for: remember_until_stale(ts, now, self.tolerance),
-            answer: None,
-            signed_key: None,
-        })
+        let parts: [&[u8]; 2] = [ts_text.as_bytes(), req.body.bytes()];
+        Ok(signers
+            .message(NAME, &identity_of(&parts))?
+            .id(format!("{ts}.{}", base64(&canonical.to_bytes())))
+            .signed_at(ts, now, self.tolerance))
     }
 
     fn summary(&self) -> String {
@@ -171,7 +168,7 @@ mod tests {
         let twin_der = base64(twin.to_der().as_bytes());
         assert_ne!(twin_der, der);
         let ok2 = r(&[(SIGNATURE, &twin_der), (TIMESTAMP, &ts)], BODY, T).unwrap();
-        assert_eq!(ok.replay_key, ok2.replay_key);
+        assert_eq!(ok.id, ok2.id);
         assert_eq!(
             r(&[(TIMESTAMP, &ts)], BODY, T),
             Err(Rejection::MissingSignature)

@@ -1,27 +1,28 @@
 //! Shopify: `X-Shopify-Hmac-Sha256`, base64 HMAC-SHA256 of the body under the app's client
 //! secret. No signed timestamp: keys are remembered for `ttl` (default 24 h).
 //!
-//! Replay key: `X-Shopify-Webhook-Id` (the contract), which Shopify keeps across retries. It is
-//! not signed (Shopify signs nothing else that names a delivery); without it the key is the
-//! signature.
+//! Message identity: the body, the only thing Shopify signs. `X-Shopify-Webhook-Id` (kept
+//! across retries) is not signed, so it takes no part in the replay key; it reaches the app
+//! as an ordinary header. `X-Webhook-Id`: the signature (base64).
 
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
 use super::{
-    any_secret, base64, decode_base64, first_secret, hmac_matches, hmac_sign, positive,
-    require_secrets, signed_json, HmacSha256, Inbound, OptionError, Provider, ProviderFactory,
-    Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    base64, decode_base64, hmac_matches, hmac_sign, identity_of, positive, require_secrets,
+    signed_json, HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory, Rejection,
+    SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
 };
 use crate::config::secret::{Secret, Secrets};
 
+pub const NAME: &str = "shopify";
 pub const HEADER: &str = "x-shopify-hmac-sha256";
 pub const WEBHOOK_ID: &str = "x-shopify-webhook-id";
 
 #[derive(Debug)]
 pub struct Shopify {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     ttl: Duration,
 }
 
@@ -48,26 +49,14 @@ impl Provider for Shopify {
     fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, Rejection> {
         let header = req.header(HEADER).ok_or(Rejection::MissingSignature)?;
         let sig = decode_base64(header.trim(), 32).ok_or(Rejection::MissingSignature)?;
-        let id = match req.headers.get(WEBHOOK_ID) {
-            None => None,
-            Some(_) => Some(
-                req.header(WEBHOOK_ID)
-                    .filter(|d| !d.is_empty())
-                    .ok_or(Rejection::MissingSignature)?,
-            ),
-        };
         let body: [&[u8]; 1] = [req.body.bytes()];
-        any_secret(&self.secrets, |key| {
-            hmac_matches::<HmacSha256>(key, &body, &sig)
-        })
-        .ok_or(Rejection::BadSignature)?;
-        Ok(Verified {
-            replay_key: id.map_or_else(|| base64(&sig), str::to_owned),
-            timestamp: None,
-            remember_for: self.ttl,
-            answer: None,
-            signed_key: id.map(|_| base64(&sig)),
-        })
+        let signers = self
+            .secrets
+            .verifying(|key| hmac_matches::<HmacSha256>(key.expose().as_bytes(), &body, &sig));
+        Ok(signers
+            .message(NAME, &identity_of(&body))?
+            .id(base64(&sig))
+            .remember(self.ttl))
     }
 
     fn summary(&self) -> String {
@@ -75,7 +64,7 @@ impl Provider for Shopify {
     }
 
     fn sign(&self, req: &SignRequest<'_>, _now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         Ok(signed_json(
             vec![
                 (
@@ -125,11 +114,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (ok.replay_key.as_str(), ok.remember_for),
-            ("w1", Duration::from_secs(60))
+            (ok.id.as_str(), ok.remember_for),
+            (sig.as_str(), Duration::from_secs(60))
         );
         let r = |pairs: &[(&str, &str)], body: &[u8]| check(&p, "/s", pairs, None, body, 0);
-        assert_eq!(r(&[(HEADER, &sig)], BODY).unwrap().replay_key, sig);
+        // The webhook id is not signed: without it, the same message.
+        let no_id = r(&[(HEADER, &sig)], BODY).unwrap();
+        assert_eq!((&no_id.id, &no_id.keys), (&ok.id, &ok.keys));
         assert_eq!(r(&[], BODY), Err(Rejection::MissingSignature));
         assert_eq!(
             r(&[(HEADER, "not base64!")], BODY),

@@ -8,12 +8,13 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::{
-    any_secret, check_window, decode_hex, first_secret, hmac_matches, hmac_sign, parse_unix,
-    positive, remember_until_stale, require_secrets, unix_now, HmacSha256, Inbound, OptionError,
-    Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified, FIVE_MINUTES,
+    check_window, decode_hex, hmac_matches, hmac_sign, identity_of, parse_unix, positive,
+    require_secrets, unix_now, HmacSha256, Inbound, Keyring, OptionError, Provider,
+    ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified, FIVE_MINUTES,
 };
 use crate::config::secret::{Secret, Secrets};
 
+pub const NAME: &str = "slack";
 pub const SIGNATURE: &str = "x-slack-signature";
 pub const TIMESTAMP: &str = "x-slack-request-timestamp";
 /// slack_sdk `SignatureVerifier`: `abs(now - timestamp) > 60 * 5` fails.
@@ -21,7 +22,7 @@ pub const DEFAULT_TOLERANCE: Duration = FIVE_MINUTES;
 
 #[derive(Debug)]
 pub struct Slack {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     tolerance: Duration,
 }
 
@@ -55,17 +56,13 @@ impl Provider for Slack {
         let ts = parse_unix(ts_text).ok_or(Rejection::MissingSignature)?;
         check_window(ts, now, self.tolerance)?;
         let parts: [&[u8]; 4] = [b"v0:", ts_text.as_bytes(), b":", req.body.bytes()];
-        any_secret(&self.secrets, |key| {
-            hmac_matches::<HmacSha256>(key, &parts, &sig)
-        })
-        .ok_or(Rejection::BadSignature)?;
-        Ok(Verified {
-            replay_key: format!("{ts}.{}", hex::encode(&sig)),
-            timestamp: Some(ts),
-            remember_for: remember_until_stale(ts, now, self.tolerance),
-            answer: None,
-            signed_key: None,
-        })
+        let signers = self
+            .secrets
+            .verifying(|key| hmac_matches::<HmacSha256>(key.expose().as_bytes(), &parts, &sig));
+        Ok(signers
+            .message(NAME, &identity_of(&parts))?
+            .id(format!("{ts}.{}", hex::encode(&sig)))
+            .signed_at(ts, now, self.tolerance))
     }
 
     fn summary(&self) -> String {
@@ -75,7 +72,7 @@ impl Provider for Slack {
     /// Slack posts JSON (Events API) or forms (slash commands, interactivity): a body that
     /// does not start with `{` is sent as a form.
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         let ts = unix_now(now).to_string();
         let json = req.body.trim_ascii().is_empty() || req.body.trim_ascii().starts_with(b"{");
         Ok(Signed {
@@ -129,7 +126,7 @@ mod tests {
             check(&p, "/sl", pairs, None, body, now)
         };
         let ok = r(&[(SIGNATURE, &sig), (TIMESTAMP, &ts)], BODY, T).unwrap();
-        assert_eq!(ok.replay_key, format!("{T}.{}", &sig[3..]));
+        assert_eq!(ok.id, format!("{T}.{}", &sig[3..]));
         assert_eq!(
             r(&[(TIMESTAMP, &ts)], BODY, T),
             Err(Rejection::MissingSignature)

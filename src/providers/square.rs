@@ -5,25 +5,26 @@
 //! No signed timestamp: keys are remembered for `ttl` (default 24 h). The legacy SHA-1
 //! `x-square-signature` is not accepted.
 //!
-//! Replay key: the body's `event_id` (signed; Square keeps it across retries), else the
-//! signature.
+//! Message identity: the body's `event_id` (signed; Square keeps it across retries), else the
+//! URL and body.
 
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
 use super::{
-    base64, decode_base64, first_secret, hmac_matches, hmac_sign, json_member, positive,
-    require_secrets, signed_json, HmacSha256, Inbound, OptionError, Provider, ProviderFactory,
-    PublicUrl, Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    base64, decode_base64, hmac_matches, hmac_sign, identity_of, json_member, positive,
+    require_secrets, signed_json, HmacSha256, Inbound, Keyring, OptionError, Provider,
+    ProviderFactory, PublicUrl, Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
 };
 use crate::config::secret::{Secret, Secrets};
 
+pub const NAME: &str = "square";
 pub const HEADER: &str = "x-square-hmacsha256-signature";
 
 #[derive(Debug)]
 pub struct Square {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     public_url: PublicUrl,
     ttl: Duration,
 }
@@ -65,20 +66,19 @@ impl Provider for Square {
         let url = self.public_url.for_request(req.path_and_query);
         let body = req.body.bytes();
         let parts: [&[u8]; 2] = [url.as_bytes(), body];
-        if !self
+        let signers = self
             .secrets
-            .iter()
-            .any(|s| hmac_matches::<HmacSha256>(s.expose().as_bytes(), &parts, &sig))
-        {
+            .verifying(|key| hmac_matches::<HmacSha256>(key.expose().as_bytes(), &parts, &sig));
+        if signers.is_empty() {
             return Err(Rejection::BadSignature);
         }
-        Ok(Verified {
-            replay_key: json_member(body, "event_id").unwrap_or_else(|| base64(&sig)),
-            timestamp: None,
-            remember_for: self.ttl,
-            answer: None,
-            signed_key: None,
-        })
+        let verified = match json_member(body, "event_id") {
+            Some(id) => signers.message(NAME, id.as_bytes())?.id(id),
+            None => signers
+                .message(NAME, &identity_of(&parts))?
+                .id(base64(&sig)),
+        };
+        Ok(verified.remember(self.ttl))
     }
 
     fn summary(&self) -> String {
@@ -91,7 +91,7 @@ impl Provider for Square {
     }
 
     fn sign(&self, req: &SignRequest<'_>, _now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         let url = self.public_url.for_request(req.url);
         Ok(signed_json(
             vec![(
@@ -135,7 +135,7 @@ mod tests {
         let sig = signature(KEY, URL, BODY);
         let r =
             |path: &str, pairs: &[(&str, &str)], body: &[u8]| check(&p, path, pairs, None, body, 0);
-        assert_eq!(r("/sq", &[(HEADER, &sig)], BODY).unwrap().replay_key, "e-1");
+        assert_eq!(r("/sq", &[(HEADER, &sig)], BODY).unwrap().id, "e-1");
         assert_eq!(
             r("/sq?x=1", &[(HEADER, &sig)], BODY),
             Err(Rejection::BadSignature)

@@ -5,24 +5,25 @@
 //! versions (`v1a`, asymmetric) are skipped, as the reference libraries do. Tolerance 5 minutes
 //! both ways, as the libraries.
 //!
-//! Replay key: `webhook-id`, which is signed and kept across retries.
+//! Message identity: `webhook-id`, which is signed and kept across retries.
 
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
 use super::{
-    base64, check_window, hmac_matches, hmac_sign, parse_unix, positive, remember_until_stale,
-    signed_json, unix_now, HmacSha256, Inbound, KeyBytes, OptionError, Provider, ProviderFactory,
-    Rejection, SignError, SignRequest, Signed, Verified, FIVE_MINUTES,
+    base64, check_window, hmac_matches, hmac_sign, parse_unix, positive, signed_json, unix_now,
+    HmacSha256, Inbound, KeyBytes, Keyring, OptionError, Provider, ProviderFactory, Rejection,
+    SignError, SignRequest, Signed, Verified, FIVE_MINUTES,
 };
 use crate::config::secret::Secrets;
 
+pub const NAME: &str = "standard_webhooks";
 pub const DEFAULT_TOLERANCE: Duration = FIVE_MINUTES;
 
 #[derive(Debug)]
 pub struct StandardWebhooks {
-    keys: Vec<KeyBytes>,
+    keys: Keyring<KeyBytes>,
     tolerance: Duration,
 }
 
@@ -65,6 +66,7 @@ impl ProviderFactory for StandardWebhooks {
             errors.push(OptionError::new("secrets", "at least one secret is needed"));
         }
         let tolerance = positive("tolerance", o.tolerance, DEFAULT_TOLERANCE, &mut errors);
+        let keys = Keyring::new(keys, |k| k.0.clone());
         super::finish(StandardWebhooks { keys, tolerance }, errors)
     }
 }
@@ -104,21 +106,13 @@ impl Provider for StandardWebhooks {
             b".",
             req.body.bytes(),
         ];
-        let valid = signatures.iter().any(|sig| {
-            self.keys
-                .iter()
-                .any(|k| hmac_matches::<HmacSha256>(&k.0, &parts, sig))
+        let (signers, _) = self.keys.verifying_any(&signatures, |k, sig| {
+            hmac_matches::<HmacSha256>(&k.0, &parts, sig)
         });
-        if !valid {
-            return Err(Rejection::BadSignature);
-        }
-        Ok(Verified {
-            replay_key: id.to_owned(),
-            timestamp: Some(ts),
-            remember_for: remember_until_stale(ts, now, self.tolerance),
-            answer: None,
-            signed_key: None,
-        })
+        Ok(signers
+            .message(NAME, id.as_bytes())?
+            .id(id)
+            .signed_at(ts, now, self.tolerance))
     }
 
     fn summary(&self) -> String {
@@ -126,7 +120,7 @@ impl Provider for StandardWebhooks {
     }
 
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
-        let key = self.keys.first().ok_or(SignError::Unsupported)?;
+        let key = self.keys.first()?;
         let id = format!("msg_{}", super::fresh_token(27));
         let ts = unix_now(now).to_string();
         Ok(signed_json(
@@ -194,7 +188,7 @@ mod tests {
             T,
         )
         .unwrap();
-        assert_eq!(ok.replay_key, id);
+        assert_eq!(ok.id, id);
         // svix-* headers, and several signatures of which one matches.
         let multi = format!("v1a,abc v1,{} {sig}", base64(&[0u8; 32]));
         assert!(r(
@@ -291,7 +285,7 @@ mod tests {
         let url = "http://127.0.0.1:1/w";
         let signed = sign_now(&p, url, BODY, T);
         let v = check_signed(&p, url, &signed, T).unwrap();
-        assert!(v.replay_key.starts_with("msg_"));
+        assert!(v.id.starts_with("msg_"));
         assert!(!format!("{p:?}").contains("MfKQ9r8"));
     }
 }

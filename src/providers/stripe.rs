@@ -3,27 +3,30 @@
 //! several while a secret is being rolled), and so is every secret of the route. Other schemes
 //! (`v0`, test-mode extras) are ignored, as Stripe's libraries do.
 //!
-//! Replay key: `{t}.{matching v1}`. A retry is signed anew, so it gets a new key; a captured
-//! request replayed within the window gets the same key.
+//! Message identity: `{t}.{body}`, what the signature covers (a retry is signed anew, so it is
+//! a new message; a captured request replayed within the window is the same one). One replay
+//! key per secret that verified it, so neither the order of the `v1` entries nor dropping one
+//! makes a copy look new. `X-Webhook-Id`: `{t}.{v1}`, the smallest matching `v1`.
 
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
 use super::{
-    any_secret, check_window, decode_hex, first_secret, hmac_matches, hmac_sign, parse_unix,
-    positive, remember_until_stale, require_secrets, signed_json, unix_now, HmacSha256, Inbound,
-    OptionError, Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
+    check_window, decode_hex, hmac_matches, hmac_sign, identity_of, parse_unix, positive,
+    require_secrets, signed_json, unix_now, HmacSha256, Inbound, Keyring, OptionError, Provider,
+    ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
 };
 use crate::config::secret::{Secret, Secrets};
 
+pub const NAME: &str = "stripe";
 pub const HEADER: &str = "stripe-signature";
 /// Stripe's libraries: `DEFAULT_TOLERANCE = 300`.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
 pub struct Stripe {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     tolerance: Duration,
 }
 
@@ -74,20 +77,16 @@ impl Provider for Stripe {
         let t_text = t.to_string();
         let body = req.body.bytes();
         let parts: [&[u8]; 3] = [t_text.as_bytes(), b".", body];
-        let matched = signatures.iter().find(|sig| {
-            any_secret(&self.secrets, |key| {
-                hmac_matches::<HmacSha256>(key, &parts, sig)
-            })
-            .is_some()
+        let (signers, shown) = self.secrets.verifying_any(&signatures, |key, sig| {
+            hmac_matches::<HmacSha256>(key.expose().as_bytes(), &parts, sig)
         });
-        let sig = matched.ok_or(Rejection::BadSignature)?;
-        Ok(Verified {
-            replay_key: format!("{t}.{}", hex::encode(sig)),
-            timestamp: Some(t),
-            remember_for: remember_until_stale(t, now, self.tolerance),
-            answer: None,
-            signed_key: None,
-        })
+        Ok(signers
+            .message(NAME, &identity_of(&parts))?
+            .id(format!(
+                "{t}.{}",
+                shown.map(hex::encode).unwrap_or_default()
+            ))
+            .signed_at(t, now, self.tolerance))
     }
 
     fn summary(&self) -> String {
@@ -95,7 +94,7 @@ impl Provider for Stripe {
     }
 
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         let t = unix_now(now);
         Ok(signed_json(
             vec![(
@@ -147,15 +146,12 @@ mod tests {
         let h = header_for(KEY, T, BODY);
         let v = run(&provider(&[KEY]), &h, BODY, T).unwrap();
         assert_eq!(v.timestamp, Some(T));
-        assert_eq!(
-            v.replay_key,
-            format!("{T}.{}", h.split("v1=").nth(1).unwrap())
-        );
+        assert_eq!(v.id, format!("{T}.{}", h.split("v1=").nth(1).unwrap()));
         // A second v1 (an old secret's) and a v0 are tolerated; the key is the matching v1.
         let good = h.split("v1=").nth(1).unwrap();
         let multi = format!("t={T},v1={},v1={good},v0=abc", "0".repeat(64));
         let v2 = run(&provider(&["other", KEY]), &multi, BODY, T).unwrap();
-        assert_eq!(v2.replay_key, v.replay_key);
+        assert_eq!(v2.id, v.id);
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //! `public_url` is the URL as Twilio calls it, without the query: the request's own query
 //! string is appended. Twilio signs no timestamp, so keys are remembered for `ttl` (24 h).
 //!
-//! Replay key: `I-Twilio-Idempotency-Token` (the contract), else the signature. The token is not
-//! signed, so a captured request replayed with a fresh token is not caught by the replay check.
+//! Message identity: the URL and fields signed (the route's `public_url` with the request's
+//! query, and the sorted fields). `I-Twilio-Idempotency-Token` is not signed, so it takes no
+//! part in the replay key (a captured request resent with a fresh token, or none, is the same
+//! message); it reaches the app as an ordinary header. `X-Webhook-Id`: the signature (base64).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
@@ -23,20 +25,21 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::{
-    base64, decode_base64, first_secret, hmac_matches, hmac_sign, positive, query, require_secrets,
-    sha256_hex, HmacSha1, HmacSha256, Inbound, OptionError, Provider, ProviderFactory, PublicUrl,
-    Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    base64, decode_base64, hmac_matches, hmac_sign, identity_of, positive, query, require_secrets,
+    sha256_hex, HmacSha1, HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory,
+    PublicUrl, Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
 };
 use crate::body::MediaType;
 use crate::config::secret::{Secret, Secrets};
 
+pub const NAME: &str = "twilio";
 pub const SIGNATURE: &str = "x-twilio-signature";
 pub const SETTINGS: &str = "x-twilio-webhooks-signature-settings";
 pub const IDEMPOTENCY: &str = "i-twilio-idempotency-token";
 
 #[derive(Debug)]
 pub struct Twilio {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     public_url: PublicUrl,
     ttl: Duration,
 }
@@ -152,14 +155,6 @@ impl Provider for Twilio {
             .header(SIGNATURE)
             .and_then(|h| decode_base64(h, len))
             .ok_or(Rejection::MissingSignature)?;
-        let token = match req.headers.get(IDEMPOTENCY) {
-            None => None,
-            Some(_) => Some(
-                req.header(IDEMPOTENCY)
-                    .filter(|t| !t.is_empty())
-                    .ok_or(Rejection::MissingSignature)?,
-            ),
-        };
         let body_hash = query(req.path_and_query).and_then(|q| {
             form_urlencoded::parse(q.as_bytes())
                 .find(|(k, v)| k == "bodySHA256" && !v.is_empty())
@@ -177,7 +172,7 @@ impl Provider for Twilio {
             }
             None => match req.body.media() {
                 MediaType::Form | MediaType::Multipart { .. } => {
-                    let fields = req.body.fields().map_err(|_| Rejection::MissingSignature)?;
+                    let fields = req.body.fields().map_err(super::field_error)?;
                     let mut pairs = Vec::with_capacity(fields.0.len());
                     for f in &fields.0 {
                         match &f.value {
@@ -198,26 +193,22 @@ impl Provider for Twilio {
         };
         let url = self.public_url.for_request(req.path_and_query);
         let urls = port_variants(&url);
-        let valid = self.secrets.iter().any(|s| {
-            urls.iter().any(|u| {
-                let parts: [&[u8]; 2] = [u.as_bytes(), params.as_bytes()];
-                let key = s.expose().as_bytes();
-                match alg {
-                    Algorithm::Sha1 => hmac_matches::<HmacSha1>(key, &parts, &sig),
-                    Algorithm::Sha256 => hmac_matches::<HmacSha256>(key, &parts, &sig),
-                }
-            })
+        let signers = self.secrets.verifying(|s| {
+            body_ok
+                && urls.iter().any(|u| {
+                    let parts: [&[u8]; 2] = [u.as_bytes(), params.as_bytes()];
+                    let key = s.expose().as_bytes();
+                    match alg {
+                        Algorithm::Sha1 => hmac_matches::<HmacSha1>(key, &parts, &sig),
+                        Algorithm::Sha256 => hmac_matches::<HmacSha256>(key, &parts, &sig),
+                    }
+                })
         });
-        if !(valid && body_ok) {
-            return Err(Rejection::BadSignature);
-        }
-        Ok(Verified {
-            replay_key: token.map_or_else(|| base64(&sig), str::to_owned),
-            timestamp: None,
-            remember_for: self.ttl,
-            answer: None,
-            signed_key: token.map(|_| base64(&sig)),
-        })
+        // The identity uses the URL as configured, whichever port spelling Twilio signed.
+        Ok(signers
+            .message(NAME, &identity_of(&[url.as_bytes(), params.as_bytes()]))?
+            .id(base64(&sig))
+            .remember(self.ttl))
     }
 
     fn summary(&self) -> String {
@@ -232,7 +223,7 @@ impl Provider for Twilio {
     /// Signs a form body (Twilio's usual POST) for `public_url`, or a JSON body through the
     /// `bodySHA256` query parameter, as Twilio does.
     fn sign(&self, req: &SignRequest<'_>, _now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         let trimmed = req.body.trim_ascii();
         let idempotency = (
             "I-Twilio-Idempotency-Token".to_owned(),
@@ -316,7 +307,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(v.replay_key, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
+        assert_eq!(v.id, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
     }
 
     #[test]
@@ -352,7 +343,10 @@ mod tests {
         let ct = Some("application/json");
         let pairs = [(SIGNATURE, sig.as_str()), (IDEMPOTENCY, "idem-1")];
         let ok = check(&p, &path, &pairs, ct, body, 0).unwrap();
-        assert_eq!(ok.replay_key, "idem-1");
+        assert_eq!(ok.id, sig);
+        // The idempotency token is not signed: without it, the same message.
+        let no_token = check(&p, &path, &pairs[..1], ct, body, 0).unwrap();
+        assert_eq!(no_token.keys, ok.keys);
         assert_eq!(
             check(&p, &path, &pairs, ct, b"{\"property\":1}", 0),
             Err(Rejection::BadSignature)

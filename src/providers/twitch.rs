@@ -12,21 +12,22 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::{
-    check_window, decode_hex, first_secret, hmac_matches, hmac_sign, positive,
-    remember_until_stale, require_secrets, signed_json, unix_now, HmacSha256, Inbound, OptionError,
-    Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
+    check_window, decode_hex, hmac_matches, hmac_sign, positive, require_secrets, signed_json,
+    unix_now, HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory, Rejection,
+    SignError, SignRequest, Signed, Verified,
 };
 use crate::config::secret::{Secret, Secrets};
 
 pub const ID: &str = "twitch-eventsub-message-id";
 pub const TIMESTAMP: &str = "twitch-eventsub-message-timestamp";
+pub const NAME: &str = "twitch";
 pub const SIGNATURE: &str = "twitch-eventsub-message-signature";
 /// "Verify that the message is not older than 10 minutes."
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(600);
 
 #[derive(Debug)]
 pub struct Twitch {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     tolerance: Duration,
 }
 
@@ -66,20 +67,14 @@ impl Provider for Twitch {
             .map_err(|_| Rejection::MissingSignature)?;
         check_window(ts, now, self.tolerance)?;
         let parts: [&[u8]; 3] = [id.as_bytes(), ts_text.as_bytes(), req.body.bytes()];
-        if !self
+        let signers = self
             .secrets
-            .iter()
-            .any(|s| hmac_matches::<HmacSha256>(s.expose().as_bytes(), &parts, &sig))
-        {
-            return Err(Rejection::BadSignature);
-        }
-        Ok(Verified {
-            replay_key: id.to_owned(),
-            timestamp: Some(ts),
-            remember_for: remember_until_stale(ts, now, self.tolerance),
-            answer: None,
-            signed_key: None,
-        })
+            .verifying(|key| hmac_matches::<HmacSha256>(key.expose().as_bytes(), &parts, &sig));
+        // The message id is signed and kept across Twitch's retries.
+        Ok(signers
+            .message(NAME, id.as_bytes())?
+            .id(id)
+            .signed_at(ts, now, self.tolerance))
     }
 
     fn summary(&self) -> String {
@@ -87,7 +82,7 @@ impl Provider for Twitch {
     }
 
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         let id = super::fresh_token(32);
         let ts = humantime::format_rfc3339_nanos(now).to_string();
         Ok(signed_json(
@@ -138,7 +133,7 @@ mod tests {
         };
         let all = [(ID, "m-1"), (TIMESTAMP, TS), (SIGNATURE, sig.as_str())];
         let ok = r(&all, BODY, T).unwrap();
-        assert_eq!((ok.replay_key.as_str(), ok.timestamp), ("m-1", Some(T)));
+        assert_eq!((ok.id.as_str(), ok.timestamp), ("m-1", Some(T)));
         assert!(r(&all, BODY, T + 600).is_ok());
         assert_eq!(r(&all, BODY, T + 601), Err(Rejection::StaleTimestamp));
         assert_eq!(r(&all, BODY, T - 601), Err(Rejection::StaleTimestamp));

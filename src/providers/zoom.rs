@@ -15,20 +15,20 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::{
-    check_window, decode_hex, first_secret, hmac_matches, hmac_sign, parse_unix, positive,
-    remember_until_stale, require_secrets, signed_json, unix_now, Answer, HmacSha256, Inbound,
-    OptionError, Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
-    FIVE_MINUTES,
+    check_window, decode_hex, hmac_matches, hmac_sign, identity_of, parse_unix, positive,
+    require_secrets, signed_json, unix_now, Answer, HmacSha256, Inbound, Keyring, OptionError,
+    Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified, FIVE_MINUTES,
 };
 use crate::config::secret::{Secret, Secrets};
 
+pub const NAME: &str = "zoom";
 pub const SIGNATURE: &str = "x-zm-signature";
 pub const TIMESTAMP: &str = "x-zm-request-timestamp";
 pub const DEFAULT_TOLERANCE: Duration = FIVE_MINUTES;
 
 #[derive(Debug)]
 pub struct Zoom {
-    secrets: Vec<Secret>,
+    secrets: Keyring<Secret>,
     tolerance: Duration,
 }
 
@@ -63,18 +63,18 @@ impl Provider for Zoom {
         check_window(ts, now, self.tolerance)?;
         let body = req.body.bytes();
         let parts: [&[u8]; 4] = [b"v0:", ts_text.as_bytes(), b":", body];
-        let secret = self
+        let signers = self
             .secrets
-            .iter()
-            .find(|s| hmac_matches::<HmacSha256>(s.expose().as_bytes(), &parts, &sig))
-            .ok_or(Rejection::BadSignature)?;
-        Ok(Verified {
-            replay_key: format!("{ts}.{}", hex::encode(&sig)),
-            timestamp: Some(ts),
-            remember_for: remember_until_stale(ts, now, self.tolerance),
-            answer: url_validation(body, secret),
-            signed_key: None,
-        })
+            .verifying(|key| hmac_matches::<HmacSha256>(key.expose().as_bytes(), &parts, &sig));
+        // The challenge is answered with the secret that verified it.
+        let answer = signers
+            .first()
+            .and_then(|secret| url_validation(body, secret));
+        Ok(signers
+            .message(NAME, &identity_of(&parts))?
+            .id(format!("{ts}.{}", hex::encode(&sig)))
+            .signed_at(ts, now, self.tolerance)
+            .answer(answer))
     }
 
     fn summary(&self) -> String {
@@ -86,7 +86,7 @@ impl Provider for Zoom {
     }
 
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
-        let secret = first_secret(&self.secrets)?;
+        let secret = self.secrets.first()?;
         let ts = unix_now(now).to_string();
         Ok(signed_json(
             vec![
@@ -167,7 +167,7 @@ mod tests {
             |pairs: &[(&str, &str)], body: &[u8], now: i64| check(&p, "/z", pairs, None, body, now);
         let ok = r(&[(SIGNATURE, &sig), (TIMESTAMP, &ts)], BODY, T).unwrap();
         assert_eq!(ok.answer, None);
-        assert_eq!(ok.replay_key, format!("{T}.{}", &sig[3..]));
+        assert_eq!(ok.id, format!("{T}.{}", &sig[3..]));
         assert_eq!(
             r(&[(TIMESTAMP, &ts)], BODY, T),
             Err(Rejection::MissingSignature)

@@ -1,5 +1,10 @@
-//! The request header the upstream receives: the client's headers minus hop-by-hop and
-//! `X-Webhook-*` ones, plus hookguard's own `X-Webhook-*` and `X-Forwarded-For`.
+//! The request header the upstream receives: the client's headers minus hop-by-hop ones,
+//! minus every header hookguard asserts itself (in any spelling), minus the credentials the
+//! provider consumed; plus hookguard's own `X-Webhook-*` and `X-Forwarded-For`.
+//!
+//! "Any spelling": CGI, WSGI, Rack and PHP hand headers to the application as variables in
+//! which `-` and `_` are the same (`HTTP_X_WEBHOOK_ID`), so `X_Webhook_Id: evil` would reach
+//! the application as if hookguard had said it. Names are compared with `_` read as `-`.
 
 use std::net::IpAddr;
 
@@ -24,14 +29,31 @@ const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
+/// Headers about the client that hookguard alone may state (it writes `X-Forwarded-For`
+/// itself): a client's own copies are dropped, so the application cannot be told a false
+/// address by whoever sent the request.
+const ASSERTED: &[&str] = &["x-forwarded-for", "forwarded", "x-real-ip"];
+
+/// A header name as application servers see it: lowercase, `_` read as `-`.
+fn canonical(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains('_') {
+        std::borrow::Cow::Owned(name.replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
 /// What hookguard learned about the request, for the upstream.
 pub struct Forwarding<'a> {
     pub provider: &'a str,
     pub route: &'a str,
-    pub replay_key: &'a str,
+    /// `X-Webhook-Id`: the message's id.
+    pub id: &'a str,
     pub timestamp: Option<i64>,
     /// The socket peer, appended to `X-Forwarded-For`.
     pub peer_ip: Option<IpAddr>,
+    /// Headers the provider consumed as credentials (`Authorization` on `basic_auth`).
+    pub consumed: &'a [&'a str],
     /// Path and query to request upstream.
     pub path_and_query: &'a str,
     /// `Some` replaces the content type (normalized JSON).
@@ -61,11 +83,13 @@ pub fn upstream_request(client: &RequestHeader, f: &Forwarding<'_>) -> Result<Re
         .collect();
     for (name, value) in client.headers.iter() {
         let n = name.as_str();
+        let c = canonical(n);
         let dropped = HOP_BY_HOP.contains(&n)
-            || n.starts_with("x-webhook-")
+            || c.starts_with("x-webhook-")
+            // X-Forwarded-For is rewritten below with the peer appended.
+            || ASSERTED.contains(&c.as_ref())
+            || f.consumed.contains(&c.as_ref())
             || (f.content_type.is_some() && name == http::header::CONTENT_TYPE)
-            // Rewritten below with the peer appended.
-            || name == "x-forwarded-for"
             || listed.iter().any(|l| l == n);
         if !dropped {
             req.append_header(name.clone(), value.clone())?;
@@ -78,7 +102,7 @@ pub fn upstream_request(client: &RequestHeader, f: &Forwarding<'_>) -> Result<Re
     req.insert_header(http::header::CONTENT_LENGTH, f.content_length)?;
     req.insert_header("x-webhook-provider", f.provider)?;
     req.insert_header("x-webhook-route", header_safe(f.route))?;
-    req.insert_header("x-webhook-id", header_safe(f.replay_key))?;
+    req.insert_header("x-webhook-id", header_safe(f.id))?;
     if let Some(ts) = f.timestamp {
         req.insert_header("x-webhook-timestamp", ts)?;
     }
@@ -138,7 +162,15 @@ mod tests {
         h.insert_header("X-Webhook-Id", "spoofed").unwrap();
         h.insert_header("x-webhook-provider", "spoofed").unwrap();
         h.insert_header("X-Forwarded-For", "10.0.0.1").unwrap();
+        h.append_header("X-Forwarded-For", "10.0.0.2").unwrap();
         h.insert_header("User-Agent", "mailgun").unwrap();
+        h.insert_header("X_Webhook_Id", "evil").unwrap();
+        h.insert_header("x_WEBHOOK_route", "evil").unwrap();
+        h.insert_header("X_Forwarded_For", "6.6.6.6").unwrap();
+        h.insert_header("Forwarded", "for=6.6.6.6").unwrap();
+        h.insert_header("X-Real-IP", "6.6.6.6").unwrap();
+        h.insert_header("Authorization", "Basic aG9vazpwdw==")
+            .unwrap();
         h
     }
 
@@ -147,9 +179,10 @@ mod tests {
         let f = Forwarding {
             provider: "mailgun",
             route: "mg",
-            replay_key: "tok en\n",
+            id: "tok en\n",
             timestamp: Some(1700000000),
             peer_ip: Some("127.0.0.2".parse().unwrap()),
+            consumed: &["authorization"],
             path_and_query: "/up?x=1",
             content_type: Some("application/json"),
             content_length: 42,
@@ -170,8 +203,19 @@ mod tests {
         assert_eq!(get("x-webhook-timestamp").as_deref(), Some("1700000000"));
         assert_eq!(
             get("x-forwarded-for").as_deref(),
-            Some("10.0.0.1, 127.0.0.2")
+            Some("10.0.0.1, 10.0.0.2, 127.0.0.2")
         );
         assert_eq!(req.headers.get_all("x-webhook-id").iter().count(), 1);
+        // No spelling of a header hookguard asserts survives, nor the consumed credentials.
+        for (name, _) in req.headers.iter() {
+            let c = canonical(name.as_str()).into_owned();
+            assert!(
+                !c.starts_with("x-webhook-") || name.as_str() == c,
+                "{name} reached the upstream"
+            );
+            assert!(!["forwarded", "x-real-ip", "authorization"].contains(&c.as_str()));
+            assert!(c != "x-forwarded-for" || name.as_str() == c);
+        }
+        assert_eq!(get("x-webhook-route").as_deref(), Some("mg"));
     }
 }

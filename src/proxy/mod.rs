@@ -31,12 +31,13 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 
 use crate::body::Body;
-use crate::config::{Config, ForwardBody, Route};
+use crate::config::{Config, DuplicateStatus, ForwardBody, Route};
+use crate::message;
 use crate::metrics::{Metrics, RouteMetricsTable};
 use crate::normalize;
 use crate::outcome::{Outcome, Rejection};
 use crate::providers::Inbound;
-use crate::replay::ReplayGuard;
+use crate::replay::{Refused, ReplayGuard};
 use headers::Forwarding;
 use upstream::UpstreamClient;
 
@@ -89,7 +90,7 @@ impl Gateway {
         let replay = Arc::new(ReplayGuard::with_settings(
             &config.replay,
             in_flight_ttl,
-            metrics.replay_store_errors.clone(),
+            metrics.replay_error_sink(),
         )?);
         let snapshot = Snapshot::new(config, &metrics);
         Ok(Arc::new(Gateway {
@@ -349,7 +350,7 @@ async fn handle(
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let body = Body::new(bytes, content_type);
+    let body = Body::new(bytes, content_type).with_max_fields(config.max_body_fields);
     let inbound = Inbound {
         path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
         headers: &req.headers,
@@ -366,7 +367,7 @@ async fn handle(
         Ok(v) => v,
         Err(r) => return reject(session, report, r).await,
     };
-    report.replay_key = Some(verified.replay_key.clone());
+    report.replay_key = Some(verified.id.clone());
     if let Some(answer) = &verified.answer {
         return respond(
             session,
@@ -379,22 +380,61 @@ async fn handle(
         .await;
     }
 
+    // Where the signature does not cover the body (Mailgun), the keys are bound to the body:
+    // a key released after a failed delivery may come back with that body and no other. The
+    // digest is of the body's normalized form, so a sender re-encoding the same fields (a
+    // new multipart boundary) is still sending the same body.
+    let mut outgoing = None;
+    let binding = if route.provider.covers_body() {
+        None
+    } else {
+        let normalized = normalize::to_json(&body).ok();
+        let binding = message::digest(&[normalized.as_deref().unwrap_or(body.bytes())]);
+        if route.forward_body == ForwardBody::Json {
+            outgoing = normalized;
+        }
+        Some(binding)
+    };
+
     let reserved = gw
         .replay
-        .reserve_delivery(
-            &route.name,
-            &verified.replay_key,
-            verified.signed_key.as_deref(),
-        )
+        .reserve(&verified.keys, binding, verified.remember_for)
         .await;
     let reservation = match reserved {
         Ok(r) => r,
-        Err(refused) => return reject(session, report, refused.rejection()).await,
+        Err(Refused::Delivered) => {
+            return match config.replay.duplicate_status {
+                DuplicateStatus::Ok => {
+                    respond(
+                        session,
+                        report,
+                        Outcome::Duplicate,
+                        200,
+                        "application/json",
+                        Bytes::from_static(DUPLICATE),
+                    )
+                    .await
+                }
+                DuplicateStatus::Conflict => reject(session, report, Rejection::Replayed).await,
+            };
+        }
+        Err(Refused::InFlight) => return reject(session, report, Rejection::Replayed).await,
+        Err(Refused::Full) => {
+            tracing::warn!(
+                route = route.name.as_str(),
+                max_entries = config.replay.max_entries,
+                "replay store full of keys still inside their window: answering 503 so the provider retries (raise replay.max_entries)"
+            );
+            return reject(session, report, Rejection::ReplayStoreFull).await;
+        }
+        Err(Refused::StoreUnavailable) => {
+            return reject(session, report, Rejection::ReplayStoreUnavailable).await
+        }
     };
 
-    let delivered = deliver(gw, snap, &route, session, &body, &verified).await;
-    // Settle the key before anything is written back: a provider that retries the instant
-    // it reads a failure must find the key free.
+    let delivered = deliver(gw, snap, &route, session, &body, outgoing, &verified).await;
+    // Settle the keys before anything is written back: a provider that retries the instant
+    // it reads a failure must find them free.
     let exchange = match delivered {
         Ok(x) => x,
         Err(r) => {
@@ -411,10 +451,10 @@ async fn handle(
     };
     let status = upstream_header.status.as_u16();
     let response = upstream::downstream_response(upstream_header);
-    // The upstream has the message: 2xx means delivered, anything else frees the key for the
-    // provider's retry.
+    // The upstream has the message: 2xx means delivered, anything else frees the keys for
+    // the provider's retry.
     if (200..300).contains(&status) {
-        reservation.commit(verified.remember_for).await;
+        reservation.commit().await;
     } else {
         reservation.release().await;
     }
@@ -422,20 +462,35 @@ async fn handle(
     relay_response(gw, session, exchange, response).await
 }
 
-/// Normalizes the body, builds the upstream request and sends it; returns once the upstream's
-/// response header has arrived.
+/// A body that cannot be normalized: too many fields is a size limit, anything else malformed.
+fn body_rejection(e: crate::body::BodyError) -> Rejection {
+    match e {
+        crate::body::BodyError::TooManyFields(_) => Rejection::BodyTooLarge,
+        _ => Rejection::MalformedBody,
+    }
+}
+
+/// The answer to a copy of a message already delivered.
+const DUPLICATE: &[u8] = b"{\"status\":\"duplicate\"}";
+
+/// Normalizes the body (unless `normalized` already is), builds the upstream request and
+/// sends it; returns once the upstream's response header has arrived.
 async fn deliver(
     gw: &Gateway,
     snap: &Snapshot,
     route: &Route,
     session: &ServerSession,
     body: &Body,
+    normalized: Option<Bytes>,
     verified: &crate::providers::Verified,
 ) -> Result<upstream::Exchange, Rejection> {
     let (out_body, content_type) = match route.forward_body {
         ForwardBody::Original => (body.bytes().clone(), None),
         ForwardBody::Json => (
-            normalize::to_json(body).map_err(|_| Rejection::MalformedBody)?,
+            match normalized {
+                Some(json) => json,
+                None => normalize::to_json(body).map_err(body_rejection)?,
+            },
             Some("application/json"),
         ),
     };
@@ -446,9 +501,10 @@ async fn deliver(
         &Forwarding {
             provider: route.provider_name,
             route: &route.name,
-            replay_key: &verified.replay_key,
+            id: &verified.id,
             timestamp: verified.timestamp,
             peer_ip: peer_ip(session),
+            consumed: route.provider.consumed_headers(),
             path_and_query: &path_and_query,
             content_type,
             content_length: out_body.len(),
@@ -576,12 +632,8 @@ fn client_ip(session: &ServerSession, trusted: &[ipnet::IpNet]) -> Option<IpAddr
     if trusted.is_empty() {
         return Some(peer);
     }
-    let xff = session
-        .req_header()
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    Some(crate::client_ip::resolve(peer, xff, trusted))
+    let lines = session.req_header().headers.get_all("x-forwarded-for");
+    crate::client_ip::resolve(peer, lines.iter().map(|v| v.as_bytes()), trusted)
 }
 
 /// The size of the request line and header lines as they arrived (name, `: `, value, CRLF).

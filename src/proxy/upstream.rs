@@ -1,9 +1,14 @@
 //! Sending a verified request to the upstream over Pingora's pooled connections.
 //!
 //! A pooled connection may have been closed by the upstream while idle (Node closes idle
-//! keep-alive connections after 5 s, for example). When a reused connection fails before any
-//! response byte arrives, the request is sent once more on a fresh connection; the upstream
-//! cannot have acted on a request it never answered on a connection it had already closed.
+//! keep-alive connections after 5 s, for example). Pingora checks a pooled connection before
+//! handing it out (a connection that has read EOF is discarded). If writing the request to a
+//! reused connection still fails before a single byte of it was accepted, the request is sent
+//! once more on a fresh connection: the upstream cannot have seen it. Once any byte went out,
+//! it is never sent again, whatever happens next (RFC 9112 §9.3.1: a non-idempotent request
+//! that may have been processed must not be retried automatically): the upstream may have
+//! acted on it, so the attempt fails (502), the keys are released, and the provider's own retry
+//! decides. Re-sending here would deliver the message twice.
 //!
 //! The request goes out as wire bytes written straight to the connection, header and body in
 //! one write when the body is small: Pingora's client session flushes the header on its own,
@@ -105,8 +110,9 @@ impl UpstreamClient {
                         waited: started.elapsed(),
                     })
                 }
-                Err((e, answered)) if answered || !retryable(&e) => return Err(classify(&e)),
-                Err(_) => {} // stale pooled connection: try a fresh one
+                // Nothing of the request left: a stale pooled connection; try a fresh one.
+                Err(Failed::Unsent(_)) => {}
+                Err(Failed::Sent(e)) => return Err(classify(&e)),
             }
         }
         let stream = self
@@ -120,7 +126,7 @@ impl UpstreamClient {
                 reuse_hash,
                 waited: started.elapsed(),
             }),
-            Err((e, _)) => Err(classify(&e)),
+            Err(Failed::Sent(e) | Failed::Unsent(e)) => Err(classify(&e)),
         }
     }
 
@@ -139,18 +145,37 @@ impl UpstreamClient {
     }
 }
 
-/// Writes the request and reads the response header. On error, also says whether any
-/// response byte had arrived (then the request must not be sent again).
+/// How an exchange failed: before any byte of the request was accepted (it may be sent again
+/// elsewhere), or after (it must not be).
+enum Failed {
+    Unsent(Box<Error>),
+    Sent(Box<Error>),
+}
+
+/// Writes `buf`, noting in `sent` once any byte of it was accepted.
+async fn write_noting(stream: &mut Stream, buf: &[u8], sent: &mut bool) -> std::io::Result<()> {
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let n = stream.write(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        *sent = true;
+        rest = &rest[n..];
+    }
+    Ok(())
+}
+
+/// Writes the request and reads the response header.
 async fn exchange(
     mut stream: Stream,
     peer: &HttpPeer,
     wire: &Wire<'_>,
-) -> Result<ClientSession, (Box<Error>, bool)> {
+) -> Result<ClientSession, Failed> {
+    let mut sent = false;
     let write = async {
-        stream.write_all(&wire.head).await?;
-        if !wire.rest.is_empty() {
-            stream.write_all(wire.rest).await?;
-        }
+        write_noting(&mut stream, &wire.head, &mut sent).await?;
+        write_noting(&mut stream, wire.rest, &mut sent).await?;
         stream.flush().await
     };
     let written = match peer.options.write_timeout {
@@ -165,30 +190,25 @@ async fn exchange(
         } else {
             ErrorType::WriteError
         };
-        return Err((Error::because(etype, "while writing the request", e), false));
+        let e = Error::because(etype, "while writing the request", e);
+        return Err(if sent {
+            Failed::Sent(e)
+        } else {
+            Failed::Unsent(e)
+        });
     }
     let mut session = ClientSession::new_with_options(stream, peer);
     session.read_timeout = peer.options.read_timeout;
     session.write_timeout = peer.options.write_timeout;
     loop {
-        if let Err(e) = session.read_response().await {
-            let answered = session.resp_header().is_some();
-            return Err((e, answered));
-        }
+        // The request is out: whatever fails now, the upstream may have acted on it.
+        session.read_response().await.map_err(Failed::Sent)?;
         match session.get_status() {
             // 101 cannot happen (we never ask to upgrade); other 1xx precede the answer.
             Some(s) if s.is_informational() => continue,
             _ => return Ok(session),
         }
     }
-}
-
-/// Errors that show a pooled connection was already dead.
-fn retryable(e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-    )
 }
 
 fn classify(e: &Error) -> Rejection {

@@ -1,12 +1,18 @@
 //! The shared replay store: reservations in Redis, so that replicas behind one load balancer
 //! forward each message once between them.
 //!
-//! - reserve: `SET <prefix><digest> <nonce> NX PX <in-flight TTL>`; the nonce is unique to
-//!   this reservation (a random instance id and a counter);
-//! - commit (upstream 2xx): a Lua script sets the key to `delivered` for the full TTL, only if
-//!   it still holds our nonce (or has lapsed): a stale holder never overwrites another
-//!   request's reservation;
-//! - release (anything else): a Lua script deletes the key only if it still holds our nonce.
+//! A key `<prefix><32 hex digits of the message key>` holds one of:
+//! - `f:<lease>:<binding>` while a request holds it (the lease is unique to the reservation: a
+//!   random instance id and a counter; the binding is the body digest, or `-`), for at most
+//!   the in-flight TTL;
+//! - `r:<binding>` once a delivery of a message whose signature does not cover its body
+//!   failed: the retry may bring that body and no other, until the message's window closes;
+//! - `delivered` once the upstream accepted it, for the key's full TTL.
+//!
+//! Each step is one Lua script, so the check and the change are atomic: reserve takes a free
+//! key (or a released one, with the same binding); commit and release act only while the key
+//! still holds the caller's lease (commit also when it has lapsed), so a stale holder can
+//! never commit or free another request's reservation.
 //!
 //! Commands run over a [`ConnectionManager`] (one multiplexed connection, reconnected when
 //! it breaks), each bounded by `replay.redis_timeout`. The connection and its background
@@ -22,24 +28,63 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use tokio::runtime::{Handle, Runtime};
 
-use super::Key;
 use crate::config::RedisSettings;
+use crate::message::MessageKey;
 
+/// ARGV: lease, binding (`-` for none), in-flight TTL (ms). Returns 1 taken, 2 delivered,
+/// 3 in flight, 4 bound to another body.
+const RESERVE: &str = r"
+local v = redis.call('GET', KEYS[1])
+local held = 'f:' .. ARGV[1] .. ':' .. ARGV[2]
+if not v then
+  redis.call('SET', KEYS[1], held, 'PX', ARGV[3])
+  return 1
+end
+if v == 'delivered' then
+  return 2
+end
+if string.sub(v, 1, 2) == 'r:' then
+  if string.sub(v, 3) == ARGV[2] then
+    redis.call('SET', KEYS[1], held, 'PX', ARGV[3])
+    return 1
+  end
+  return 4
+end
+return 3
+";
+
+/// ARGV: `f:<lease>:`, TTL (ms).
 const COMMIT: &str = r"
 local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] or not v then
+if not v or string.sub(v, 1, #ARGV[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], 'delivered', 'PX', ARGV[2])
   return 1
 end
 return 0
 ";
 
+/// ARGV: `f:<lease>:`, binding (`-` for none), how long a binding is kept (ms).
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then
+  if ARGV[2] ~= '-' then
+    redis.call('SET', KEYS[1], 'r:' .. ARGV[2], 'PX', ARGV[3])
+  else
+    redis.call('DEL', KEYS[1])
+  end
+  return 1
 end
 return 0
 ";
+
+/// What the store said to a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    Taken,
+    Delivered,
+    InFlight,
+    OtherBody,
+}
 
 /// Why the store could not answer. Never carries the URL (it may hold a password).
 #[derive(Debug)]
@@ -78,6 +123,7 @@ struct Inner {
     timeout: Duration,
     /// Random per process: nonces of different replicas never collide.
     instance: String,
+    reserve: Script,
     commit: Script,
     release: Script,
 }
@@ -122,6 +168,7 @@ impl RedisStore {
             prefix: settings.prefix.clone(),
             timeout: settings.timeout,
             instance: instance_id(),
+            reserve: Script::new(RESERVE),
             commit: Script::new(COMMIT),
             release: Script::new(RELEASE),
         });
@@ -155,54 +202,67 @@ impl RedisStore {
         self.inner.conn.load().is_some()
     }
 
-    /// The value stored for reservation `n` of this process.
+    /// The lease of reservation `n` of this process.
     pub fn nonce(&self, n: u64) -> String {
         format!("{}-{n:x}", self.inner.instance)
     }
 
-    /// `SET NX PX`: true if the key is now ours, false if someone holds it.
+    /// Takes `key` for `lease` unless it is delivered, held, or bound to another body.
     pub async fn reserve(
         &self,
-        digest: Key,
-        nonce: u64,
+        key: MessageKey,
+        lease: &str,
+        binding: Option<u128>,
         in_flight: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner
-            .reserve(digest, &self.nonce(nonce), in_flight)
-            .await
+    ) -> Result<Reply, StoreError> {
+        self.inner.reserve(key, lease, binding, in_flight).await
     }
 
-    /// Sets the key to `delivered` for `ttl` if it holds `nonce` or has lapsed. Ok(false):
+    /// Sets the key to `delivered` for `ttl` if `lease` holds it or it has lapsed. Ok(false):
     /// another request holds it (ours had lapsed and was taken): left alone.
     pub async fn commit(
         &self,
-        digest: Key,
-        nonce: &str,
+        key: MessageKey,
+        lease: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        self.inner.commit(digest, nonce, ttl).await
+        self.inner.commit(key, lease, ttl).await
     }
 
-    /// Deletes the key if it holds `nonce`.
-    pub async fn release(&self, digest: Key, nonce: &str) -> Result<bool, StoreError> {
-        self.inner.release(digest, nonce).await
+    /// Frees the key if `lease` holds it; with a binding, keeps it bound to that body for
+    /// `bound_for`.
+    pub async fn release(
+        &self,
+        key: MessageKey,
+        lease: &str,
+        binding: Option<u128>,
+        bound_for: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.release(key, lease, binding, bound_for).await
     }
 
     /// Releases in the background, retrying while the store is unreachable, for at most
     /// `within` (after that the reservation has lapsed by itself).
-    pub fn spawn_release(&self, digest: Key, nonce: String, within: Duration) {
+    pub fn spawn_release(
+        &self,
+        key: MessageKey,
+        lease: String,
+        binding: Option<u128>,
+        bound_for: Duration,
+        within: Duration,
+    ) {
         let inner = Arc::clone(&self.inner);
         self.handle.spawn(async move {
-            retry(within, || inner.release(digest, &nonce)).await;
+            retry(within, || inner.release(key, &lease, binding, bound_for)).await;
         });
     }
 
     /// Commits in the background, retrying while the store is unreachable, for at most
     /// `within` (while the reservation lasts, other replicas refuse copies anyway).
-    pub fn spawn_commit(&self, digest: Key, nonce: String, ttl: Duration, within: Duration) {
+    pub fn spawn_commit(&self, key: MessageKey, lease: String, ttl: Duration, within: Duration) {
         let inner = Arc::clone(&self.inner);
         self.handle.spawn(async move {
-            if retry(within, || inner.commit(digest, &nonce, ttl)).await {
+            if retry(within, || inner.commit(key, &lease, ttl)).await {
                 tracing::info!("replay store: delivery recorded after a retry");
             } else {
                 tracing::warn!("replay store: delivery could not be recorded; other replicas may forward a copy");
@@ -220,8 +280,8 @@ impl Drop for RedisStore {
 }
 
 impl Inner {
-    fn key(&self, digest: Key) -> String {
-        format!("{}{digest:032x}", self.prefix)
+    fn key(&self, key: MessageKey) -> String {
+        format!("{}{:032x}", self.prefix, key.0)
     }
 
     fn conn(&self) -> Result<ConnectionManager, StoreError> {
@@ -244,36 +304,62 @@ impl Inner {
 
     async fn reserve(
         &self,
-        digest: Key,
-        nonce: &str,
+        key: MessageKey,
+        lease: &str,
+        binding: Option<u128>,
         in_flight: Duration,
+    ) -> Result<Reply, StoreError> {
+        let mut conn = self.conn()?;
+        let mut call = self.reserve.key(self.key(key));
+        call.arg(lease)
+            .arg(binding_arg(binding))
+            .arg(millis(in_flight));
+        let answer: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
+        Ok(match answer {
+            1 => Reply::Taken,
+            2 => Reply::Delivered,
+            4 => Reply::OtherBody,
+            _ => Reply::InFlight,
+        })
+    }
+
+    async fn commit(
+        &self,
+        key: MessageKey,
+        lease: &str,
+        ttl: Duration,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(digest))
-            .arg(nonce)
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(in_flight));
-        let set: Option<String> = self.bounded(cmd.query_async(&mut conn)).await?;
-        Ok(set.is_some())
-    }
-
-    async fn commit(&self, digest: Key, nonce: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
-        let mut call = self.commit.key(self.key(digest));
-        call.arg(nonce).arg(millis(ttl));
+        let mut call = self.commit.key(self.key(key));
+        call.arg(held_prefix(lease)).arg(millis(ttl));
         let done: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
         Ok(done == 1)
     }
 
-    async fn release(&self, digest: Key, nonce: &str) -> Result<bool, StoreError> {
+    async fn release(
+        &self,
+        key: MessageKey,
+        lease: &str,
+        binding: Option<u128>,
+        bound_for: Duration,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
-        let mut call = self.release.key(self.key(digest));
-        call.arg(nonce);
+        let mut call = self.release.key(self.key(key));
+        call.arg(held_prefix(lease))
+            .arg(binding_arg(binding))
+            .arg(millis(bound_for));
         let done: i64 = self.bounded(call.invoke_async(&mut conn)).await?;
         Ok(done == 1)
     }
+}
+
+/// The start of the value a key holds while `lease` has it.
+fn held_prefix(lease: &str) -> String {
+    format!("f:{lease}:")
+}
+
+fn binding_arg(binding: Option<u128>) -> String {
+    binding.map_or_else(|| "-".to_owned(), |b| format!("{b:032x}"))
 }
 
 /// Calls `op` until it answers, with backoff, for at most `within`. True if it answered.

@@ -5,9 +5,12 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 
+use std::sync::atomic::AtomicU64;
+
 use super::*;
 use crate::config::secret::Secret;
-use crate::config::{RedisSettings, ReplaySettings, ReplayStore};
+use crate::config::{DuplicateStatus, RedisSettings, ReplaySettings, ReplayStore};
+use crate::message::SignerId;
 
 #[path = "../../tests/common/redis_server.rs"]
 mod redis_server;
@@ -24,7 +27,44 @@ fn settings(url: &str, prefix: &str, on_error: OnStoreError, timeout: Duration) 
             tls: Default::default(),
         }),
         on_store_error: on_error,
+        duplicate_status: DuplicateStatus::Ok,
     }
+}
+
+/// Store errors counted by op (reserve, commit, release), per guard.
+type Counts = Arc<[AtomicU64; 3]>;
+
+/// A guard and what its error sink counted.
+struct Guard {
+    g: Arc<ReplayGuard>,
+    errors: Counts,
+}
+
+impl std::ops::Deref for Guard {
+    type Target = Arc<ReplayGuard>;
+    fn deref(&self) -> &Self::Target {
+        &self.g
+    }
+}
+
+/// The message key of `name` (one signer: a Mailgun token under one signing key).
+fn key(name: &str) -> Vec<MessageKey> {
+    vec![MessageKey::new(
+        "mailgun",
+        SignerId::of(b"key"),
+        name.as_bytes(),
+    )]
+}
+
+const TTL: Duration = Duration::from_secs(60);
+
+/// Reserves the message `name`, remembered for `TTL` once delivered.
+async fn take(g: &Guard, name: &str) -> Result<Reservation, Refused> {
+    g.reserve(&key(name), None, TTL).await
+}
+
+async fn take_for(g: &Guard, name: &str, ttl: Duration) -> Result<Reservation, Refused> {
+    g.reserve(&key(name), None, ttl).await
 }
 
 /// A guard on `url`, connected (or given up on after a few seconds when `connected` is false).
@@ -34,11 +74,16 @@ async fn guard_on(
     on_error: OnStoreError,
     in_flight: Duration,
     connected: bool,
-) -> Arc<ReplayGuard> {
+) -> Guard {
+    let errors: Counts = Arc::new(Default::default());
+    let counts = Arc::clone(&errors);
+    let sink: ErrorSink = Arc::new(move |op: StoreOp| {
+        counts[op as usize].fetch_add(1, Ordering::Relaxed);
+    });
     let g = ReplayGuard::with_settings(
         &settings(url, prefix, on_error, Duration::from_secs(2)),
         in_flight,
-        crate::metrics::Metrics::store_error_counter(),
+        sink,
     )
     .expect("guard");
     if connected {
@@ -48,22 +93,26 @@ async fn guard_on(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    Arc::new(g)
+    Guard {
+        g: Arc::new(g),
+        errors,
+    }
 }
 
-async fn pair(
-    r: &TestRedis,
-    prefix: &str,
-    in_flight: Duration,
-) -> (Arc<ReplayGuard>, Arc<ReplayGuard>) {
+async fn pair(r: &TestRedis, prefix: &str, in_flight: Duration) -> (Guard, Guard) {
     (
         guard_on(&r.url, prefix, OnStoreError::Reject, in_flight, true).await,
         guard_on(&r.url, prefix, OnStoreError::Reject, in_flight, true).await,
     )
 }
 
-fn errors(g: &ReplayGuard, op: &str) -> u64 {
-    g.store_errors.with_label_values(&[op]).get()
+fn errors(g: &Guard, op: &str) -> u64 {
+    let i = match op {
+        "reserve" => StoreOp::Reserve,
+        "commit" => StoreOp::Commit,
+        _ => StoreOp::Release,
+    } as usize;
+    g.errors[i].load(Ordering::Relaxed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,33 +123,35 @@ async fn replicas_share_reservations_releases_and_deliveries() {
     let prefix = unique_prefix("share");
     let (a, b) = pair(&r, &prefix, Duration::from_secs(60)).await;
 
-    let first = a.reserve("mg", "tok-1").await.expect("free key");
+    let first = take(&a, "tok-1").await.expect("free key");
     assert_eq!(
-        b.reserve("mg", "tok-1").await.err(),
-        Some(Refused::Replayed),
+        take(&b, "tok-1").await.err(),
+        Some(Refused::InFlight),
         "in flight on a"
     );
     first.release().await; // the upstream failed through a
-    let retry = b
-        .reserve("mg", "tok-1")
-        .await
-        .expect("the retry through b passes");
+    let retry = take(&b, "tok-1").await.expect("the retry through b passes");
+    assert_eq!(take(&a, "tok-1").await.err(), Some(Refused::InFlight));
+    retry.commit().await;
     assert_eq!(
-        a.reserve("mg", "tok-1").await.err(),
-        Some(Refused::Replayed)
-    );
-    retry.commit(Duration::from_secs(60)).await;
-    assert_eq!(
-        a.reserve("mg", "tok-1").await.err(),
-        Some(Refused::Replayed),
+        take(&a, "tok-1").await.err(),
+        Some(Refused::Delivered),
         "delivered via b"
     );
-    assert_eq!(
-        b.reserve("mg", "tok-1").await.err(),
-        Some(Refused::Replayed)
-    );
-    // Routes stay separate namespaces.
-    assert!(a.reserve("other", "tok-1").await.is_ok());
+    assert_eq!(take(&b, "tok-1").await.err(), Some(Refused::Delivered));
+    // Another signing key is another namespace.
+    assert!(a
+        .reserve(
+            &[MessageKey::new(
+                "mailgun",
+                SignerId::of(b"another key"),
+                b"tok-1"
+            )],
+            None,
+            TTL
+        )
+        .await
+        .is_ok());
     assert_eq!(errors(&a, "reserve") + errors(&b, "commit"), 0);
 }
 
@@ -112,7 +163,9 @@ async fn keys_are_namespaced_digests_holding_a_nonce_then_delivered() {
     };
     let prefix = unique_prefix("keys");
     let (a, _) = pair(&r, &prefix, Duration::from_secs(60)).await;
-    let res = a.reserve("mg", "tok-keys").await.expect("free key");
+    let res = take_for(&a, "tok-keys", Duration::from_secs(3600))
+        .await
+        .expect("free key");
     let mut conn = r.conn();
     let keys: Vec<String> = conn.keys(format!("{prefix}*")).expect("KEYS");
     assert_eq!(keys.len(), 1, "{keys:?}");
@@ -125,7 +178,7 @@ async fn keys_are_namespaced_digests_holding_a_nonce_then_delivered() {
     let pttl: i64 = conn.pttl(key).expect("PTTL");
     assert!(pttl > 0 && pttl <= 60_000, "in-flight TTL: {pttl}");
 
-    res.commit(Duration::from_secs(3600)).await;
+    res.commit().await;
     let value: String = conn.get(key).expect("GET");
     assert_eq!(value, "delivered");
     let pttl: i64 = conn.pttl(key).expect("PTTL");
@@ -141,19 +194,19 @@ async fn a_stale_holder_can_neither_free_nor_commit_a_newer_reservation() {
     };
     let prefix = unique_prefix("stale");
     let (a, b) = pair(&r, &prefix, Duration::from_millis(300)).await;
-    let old_release = a.reserve("mg", "k1").await.expect("free");
-    let old_commit = a.reserve("mg", "k2").await.expect("free");
+    let old_release = take(&a, "k1").await.expect("free");
+    let old_commit = take(&a, "k2").await.expect("free");
     tokio::time::sleep(Duration::from_millis(700)).await; // the in-flight TTL lapses in Redis
-    let new1 = b.reserve("mg", "k1").await.expect("lapsed: free again");
-    let new2 = b.reserve("mg", "k2").await.expect("lapsed: free again");
+    let new1 = take(&b, "k1").await.expect("lapsed: free again");
+    let new2 = take(&b, "k2").await.expect("lapsed: free again");
 
     old_release.release().await;
     assert_eq!(
-        b.reserve("mg", "k1").await.err(),
-        Some(Refused::Replayed),
+        take(&b, "k1").await.err(),
+        Some(Refused::InFlight),
         "b still holds k1"
     );
-    old_commit.commit(Duration::from_secs(60)).await;
+    old_commit.commit().await;
     // a remembers its own delivery locally; in Redis, b's reservation was left alone.
     let mut conn = r.conn();
     let keys: Vec<String> = conn.keys(format!("{prefix}*")).expect("KEYS");
@@ -165,7 +218,7 @@ async fn a_stale_holder_can_neither_free_nor_commit_a_newer_reservation() {
         );
     }
     new2.release().await;
-    assert!(b.reserve("mg", "k2").await.is_ok(), "b's release freed k2");
+    assert!(take(&b, "k2").await.is_ok(), "b's release freed k2");
     drop(new1);
 }
 
@@ -177,34 +230,27 @@ async fn delivered_keys_expire_and_the_local_cache_answers_first() {
     };
     let prefix = unique_prefix("ttl");
     let (a, b) = pair(&r, &prefix, Duration::from_secs(60)).await;
-    a.reserve("mg", "short")
+    take_for(&a, "short", Duration::from_millis(300))
         .await
         .unwrap()
-        .commit(Duration::from_millis(300))
+        .commit()
         .await;
-    assert!(b.reserve("mg", "short").await.is_err());
+    assert!(take(&b, "short").await.is_err());
     tokio::time::sleep(Duration::from_millis(800)).await;
-    b.reserve("mg", "short")
+    take(&b, "short")
         .await
         .expect("expired in Redis")
-        .commit(Duration::from_secs(60))
+        .commit()
         .await;
 
     // Delivered through a: a refuses from its local cache even when Redis forgot the key.
-    a.reserve("mg", "local")
-        .await
-        .unwrap()
-        .commit(Duration::from_secs(60))
-        .await;
+    take(&a, "local").await.unwrap().commit().await;
     let mut conn = r.conn();
     let keys: Vec<String> = conn.keys(format!("{prefix}*")).expect("KEYS");
     let _: () = conn.del(keys).expect("DEL");
-    assert_eq!(
-        a.reserve("mg", "local").await.err(),
-        Some(Refused::Replayed)
-    );
+    assert_eq!(take(&a, "local").await.err(), Some(Refused::Delivered));
     assert!(
-        b.reserve("mg", "local").await.is_ok(),
+        take(&b, "local").await.is_ok(),
         "b asks Redis, which forgot"
     );
     assert!(!a.is_empty());
@@ -217,13 +263,13 @@ async fn a_dropped_reservation_is_released_in_the_background() {
     };
     let prefix = unique_prefix("drop");
     let (a, b) = pair(&r, &prefix, Duration::from_secs(60)).await;
-    drop(a.reserve("mg", "dropped").await.unwrap());
+    drop(take(&a, "dropped").await.unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match b.reserve("mg", "dropped").await {
+        match take(&b, "dropped").await {
             Ok(_) => break,
             Err(e) => {
-                assert_eq!(e, Refused::Replayed);
+                assert_eq!(e, Refused::InFlight);
                 assert!(Instant::now() < deadline, "the drop never released the key");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -244,23 +290,17 @@ async fn an_unreachable_store_rejects_or_allows_as_configured() {
     let allow = guard_on(&url, "x:", OnStoreError::Allow, in_flight, false).await;
     let started = Instant::now();
     assert_eq!(
-        reject.reserve("mg", "k").await.err(),
+        take(&reject, "k").await.err(),
         Some(Refused::StoreUnavailable)
     );
-    let res = allow
-        .reserve("mg", "k")
-        .await
-        .expect("allow forwards unprotected");
+    let res = take(&allow, "k").await.expect("allow forwards unprotected");
     assert!(started.elapsed() < Duration::from_secs(10), "fails fast");
-    res.commit(Duration::from_secs(60)).await;
+    res.commit().await;
     assert_eq!(errors(&reject, "reserve"), 1);
     assert_eq!(errors(&allow, "reserve"), 1);
     assert_eq!(errors(&allow, "commit"), 1);
     // The delivery is remembered locally all the same.
-    assert_eq!(
-        allow.reserve("mg", "k").await.err(),
-        Some(Refused::Replayed)
-    );
+    assert_eq!(take(&allow, "k").await.err(), Some(Refused::Delivered));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,16 +317,12 @@ async fn a_hung_store_times_out_and_recovers() {
         true,
     )
     .await;
-    a.reserve("mg", "before")
-        .await
-        .expect("up")
-        .commit(Duration::from_secs(60))
-        .await;
+    take(&a, "before").await.expect("up").commit().await;
 
     r.pause(true);
     let started = Instant::now();
     assert_eq!(
-        a.reserve("mg", "during").await.err(),
+        take(&a, "during").await.err(),
         Some(Refused::StoreUnavailable)
     );
     assert!(
@@ -299,9 +335,9 @@ async fn a_hung_store_times_out_and_recovers() {
     // Back: the key the failed attempt may have taken is freed, and requests pass again.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match a.reserve("mg", "during").await {
+        match take(&a, "during").await {
             Ok(res) => {
-                res.commit(Duration::from_secs(60)).await;
+                res.commit().await;
                 break;
             }
             Err(_) => {
@@ -314,12 +350,12 @@ async fn a_hung_store_times_out_and_recovers() {
     // Killed and restarted (empty): the ConnectionManager reconnects by itself.
     r.stop();
     assert_eq!(
-        a.reserve("mg", "down").await.err(),
+        take(&a, "down").await.err(),
         Some(Refused::StoreUnavailable)
     );
     r.start();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while a.reserve("mg", "after-restart").await.is_err() {
+    while take(&a, "after-restart").await.is_err() {
         assert!(Instant::now() < deadline, "no reconnect after a restart");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

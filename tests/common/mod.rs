@@ -169,6 +169,11 @@ impl Upstream {
         self.script.lock().unwrap().extend(replies);
     }
 
+    /// Drops the replies scripted and not used (their requests never reached the upstream).
+    pub fn clear_script(&self) {
+        self.script.lock().unwrap().clear();
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
@@ -502,6 +507,16 @@ pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(body);
     bytes
+}
+
+/// Asserts the answer to a copy of a message already delivered: `200 {"status":"duplicate"}`.
+pub fn assert_duplicate(resp: &HttpResponse) {
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (200, "{\"status\":\"duplicate\"}"),
+        "a copy of a delivered message"
+    );
+    assert_eq!(resp.header("content-type"), Some("application/json"));
 }
 
 /// One POST on a fresh connection.
