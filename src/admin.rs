@@ -9,7 +9,9 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
-use crate::proxy::Gateway;
+
+/// How many keys the replay guard remembers now (read when `/metrics` is asked for).
+pub type ReplayEntries = Box<dyn Fn() -> u64 + Send + Sync>;
 
 /// Whether the proxy can take traffic.
 #[derive(Default)]
@@ -36,7 +38,7 @@ impl Health {
 
 pub struct AdminApp {
     pub health: Arc<Health>,
-    pub gateway: Arc<Gateway>,
+    pub replay_entries: ReplayEntries,
     pub metrics: Arc<Metrics>,
 }
 
@@ -63,7 +65,7 @@ impl ServeHttp for AdminApp {
             ("/metrics", _) => {
                 self.metrics
                     .replay_entries
-                    .set(self.gateway.replay().len() as i64);
+                    .set((self.replay_entries)() as i64);
                 (
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
@@ -89,15 +91,7 @@ pub fn probe(
     timeout: std::time::Duration,
 ) -> std::io::Result<u16> {
     use std::io::{Read, Write};
-    let addr = match addr {
-        std::net::SocketAddr::V4(a) if a.ip().is_unspecified() => {
-            std::net::SocketAddr::from(([127, 0, 0, 1], a.port()))
-        }
-        std::net::SocketAddr::V6(a) if a.ip().is_unspecified() => {
-            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
-        }
-        other => other,
-    };
+    let addr = crate::net::reachable(addr);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;

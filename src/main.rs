@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use hookguard::logging::{self, LogFormat};
 use hookguard::{config, server, sign};
 
@@ -16,8 +16,11 @@ use hookguard::{config, server, sign};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A webhook-verification reverse proxy: only authentic webhooks reach your app.
+///
+/// Without a subcommand, runs the proxy on the config file (`config.yaml` by default).
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, long_about = None)]
+#[command(after_help = "Without a subcommand, hookguard runs the proxy on --config.")]
 struct Cli {
     /// Config file.
     #[arg(
@@ -32,8 +35,8 @@ struct Cli {
     #[arg(long, global = true)]
     log_level: Option<String>,
     /// Log line format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    log_format: Format,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -60,6 +63,22 @@ enum Command {
     },
 }
 
+/// `--log-format`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+impl From<Format> for LogFormat {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Text => LogFormat::Text,
+            Format::Json => LogFormat::Json,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -74,7 +93,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> ExitCode {
-    logging::init(cli.log_level.as_deref(), cli.log_format);
+    logging::init(cli.log_level.as_deref(), cli.log_format.into());
     let config = match config::load_file(&cli.config) {
         Ok(c) => c,
         Err(errors) => {
@@ -86,7 +105,15 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = server::run(cli.config.clone(), config);
+    let mut options = server::Options::signals(cli.config.clone());
+    // Once no request is in flight after SIGTERM/SIGINT, exit at once rather than sit out
+    // the rest of Pingora's grace period.
+    options.on_drained = Some(Box::new(|| {
+        tracing::info!("exiting");
+        logging::flush();
+        std::process::exit(0);
+    }));
+    let result = server::run(config, options);
     if let Err(e) = &result {
         tracing::error!("{e}");
     }

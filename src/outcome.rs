@@ -1,6 +1,10 @@
-//! What became of a request: forwarded, or rejected with one of the contract's error codes.
+//! What became of a request: forwarded, answered, or rejected with one of the contract's
+//! error codes. The codes are the vocabulary of the metrics and the logs; which HTTP status
+//! each one is answered with is the proxy's business (`proxy::respond`).
 
-/// Every way hookguard refuses a request, with the contract's status and `error` code.
+use crate::providers::VerifyError;
+
+/// Every way hookguard refuses a request, by the contract's `error` code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Rejection {
     #[error("no route for this path")]
@@ -54,25 +58,6 @@ impl Rejection {
         Rejection::UpstreamTimeout,
     ];
 
-    pub fn status(self) -> u16 {
-        match self {
-            Rejection::NoRoute => 404,
-            Rejection::MethodNotAllowed => 405,
-            Rejection::IpNotAllowed => 403,
-            Rejection::HeadersTooLarge => 431,
-            Rejection::BodyTooLarge => 413,
-            Rejection::MissingSignature | Rejection::StaleTimestamp | Rejection::BadSignature => {
-                401
-            }
-            Rejection::Replayed => 409,
-            Rejection::ReplayStoreUnavailable | Rejection::ReplayStoreFull => 503,
-            Rejection::MalformedBody => 400,
-            Rejection::ClientTimeout => 408,
-            Rejection::UpstreamUnavailable => 502,
-            Rejection::UpstreamTimeout => 504,
-        }
-    }
-
     /// The `error` code of the JSON body and the `outcome` label of the metrics.
     pub fn code(self) -> &'static str {
         match self {
@@ -93,11 +78,16 @@ impl Rejection {
             Rejection::UpstreamTimeout => "upstream_timeout",
         }
     }
+}
 
-    /// The response body: `{"error":"<code>"}`. Nothing else, ever: no expected signature,
-    /// no secret, no echo of the request.
-    pub fn body(self) -> String {
-        format!("{{\"error\":\"{}\"}}", self.code())
+impl From<VerifyError> for Rejection {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::MissingSignature => Rejection::MissingSignature,
+            VerifyError::StaleTimestamp => Rejection::StaleTimestamp,
+            VerifyError::BadSignature => Rejection::BadSignature,
+            VerifyError::TooManyFields => Rejection::BodyTooLarge,
+        }
     }
 }
 

@@ -38,27 +38,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// `secrets:` accepts one string or a list (several = key rotation).
-#[derive(Clone, Debug, Default)]
-pub struct Secrets(pub Vec<Secret>);
-
-impl<'de> Deserialize<'de> for Secrets {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(Secret),
-            Many(Vec<Secret>),
-        }
-        // The untagged error would not echo the value, but keep the message our own anyway.
-        match OneOrMany::deserialize(d) {
-            Ok(OneOrMany::One(s)) => Ok(Secrets(vec![s])),
-            Ok(OneOrMany::Many(v)) => Ok(Secrets(v)),
-            Err(_) => Err(serde::de::Error::custom(
-                "expected a secret string or a list of secret strings",
-            )),
-        }
-    }
-}
+pub type Secrets = crate::one_or_many::OneOrMany<Secret>;
 
 #[cfg(test)]
 mod tests {
@@ -68,7 +48,7 @@ mod tests {
     fn debug_is_redacted() {
         let s = Secret::new("key-super-secret");
         assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
-        let list = Secrets(vec![s.clone(), s]);
+        let list = crate::one_or_many::OneOrMany(vec![s.clone(), s]);
         assert!(!format!("{list:?}").contains("super-secret"));
     }
 }

@@ -2,9 +2,14 @@
 //!
 //! Signals are ours, not Pingora's defaults: Pingora treats SIGINT as a fast shutdown that
 //! drops requests in flight, and its graceful shutdown sleeps the whole grace period even when
-//! nothing is in flight. Here SIGTERM and SIGINT both stop accepting, let requests in flight
-//! finish, and exit 0 as soon as none is left (at the latest after `timeouts.shutdown_grace`).
-//! SIGHUP reloads the config file.
+//! nothing is in flight. Here SIGTERM and SIGINT both stop accepting and let requests in flight
+//! finish; [`Options::on_drained`] is called as soon as none is left (the binary exits 0 there,
+//! rather than sit out Pingora's grace period), and [`run`] itself returns once Pingora is
+//! done (at the latest after `timeouts.shutdown_grace`). SIGHUP reloads the config file; the
+//! file is read and checked (DNS lookups, PEM files) on a blocking thread, off the runtime.
+//!
+//! This is also where the parts are wired together: the replay guard is built here (its store
+//! outlives config reloads) and handed to the gateway; the admin listener reads its size.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -19,9 +24,10 @@ use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{AdminApp, Health};
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, GatewayApp};
+use crate::replay::ReplayGuard;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,15 +42,46 @@ pub enum StartError {
     ReplayStore(std::io::Error),
 }
 
+/// How a server is told to stop and reload, and what happens once it has drained.
+pub struct Options {
+    /// The file SIGHUP reloads.
+    pub config_path: PathBuf,
+    /// Listen for SIGHUP, SIGTERM and SIGINT (the binary); in-process tests do not.
+    pub signals: bool,
+    /// Stops the server as SIGTERM would, when it fires (or when its sender is dropped).
+    pub stop: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Called once, on a thread of its own, when no request is in flight after a stop (or
+    /// when the grace period ends). The binary flushes its log and exits 0 there.
+    pub on_drained: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Options {
+    /// Signals on, nothing else: what the binary runs with (plus its `on_drained`).
+    pub fn signals(config_path: PathBuf) -> Self {
+        Options {
+            config_path,
+            signals: true,
+            stop: None,
+            on_drained: None,
+        }
+    }
+}
+
 /// Runs hookguard until it is told to stop. Returns once shutdown is complete.
-pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
+pub fn run(config: Config, options: Options) -> Result<(), StartError> {
     // Pingora panics in a service thread when it cannot bind; find out here, with a message.
     check_bindable(config.listen, "listen")?;
     check_bindable(config.admin_listen, "admin_listen")?;
 
     let metrics = Metrics::new();
-    let gateway =
-        Gateway::new(config.clone(), Arc::clone(&metrics)).map_err(StartError::ReplayStore)?;
+    // A reservation lives while its request is in flight; this bounds it should its holder
+    // ever vanish.
+    let t = &config.timeouts;
+    let hold = t.upstream_connect + t.upstream_read * 2 + Duration::from_secs(10);
+    let replay = ReplayGuard::with_settings(&config.replay, hold, metrics.replay_error_sink())
+        .map_err(StartError::ReplayStore)?;
+    let replay = Arc::new(replay);
+    let gateway = Gateway::new(config.clone(), Arc::clone(&replay), Arc::clone(&metrics));
     let health = Arc::new(Health::default());
 
     let conf = ServerConf {
@@ -69,7 +106,7 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
         "hookguard-admin".to_owned(),
         HttpServer::new_app(AdminApp {
             health: Arc::clone(&health),
-            gateway: Arc::clone(&gateway),
+            replay_entries: Box::new(move || replay.len()),
             metrics: Arc::clone(&metrics),
         }),
     );
@@ -93,7 +130,10 @@ pub fn run(config_path: PathBuf, config: Config) -> Result<(), StartError> {
 
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
-            config_path,
+            config_path: options.config_path,
+            signals: options.signals,
+            stop: std::sync::Mutex::new(options.stop),
+            on_drained: std::sync::Mutex::new(options.on_drained),
             gateway,
             health,
             metrics,
@@ -109,10 +149,13 @@ fn check_bindable(addr: SocketAddr, what: &'static str) -> Result<(), StartError
         .map_err(|source| StartError::Bind { addr, what, source })
 }
 
-/// Handles SIGHUP (reload) and SIGTERM/SIGINT (graceful stop); also marks the server ready
-/// once its public listener accepts connections.
+/// Handles SIGHUP (reload) and SIGTERM/SIGINT or the stop channel (graceful stop); also marks
+/// the server ready once its public listener accepts connections.
 struct Signals {
     config_path: PathBuf,
+    signals: bool,
+    stop: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    on_drained: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
     gateway: Arc<Gateway>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
@@ -129,20 +172,35 @@ impl ShutdownSignalWatch for Signals {
             tracing::info!(%listen, "ready");
         });
 
-        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::hangup()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stopping");
-            return ShutdownSignal::FastShutdown;
-        };
-        let which = loop {
-            tokio::select! {
-                _ = hup.recv() => self.reload(),
-                _ = term.recv() => break "SIGTERM",
-                _ = int.recv() => break "SIGINT",
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let stopped = async move {
+            match stop {
+                // A dropped sender stops the server too.
+                Some(rx) => drop(rx.await),
+                None => std::future::pending::<()>().await,
             }
+        };
+        tokio::pin!(stopped);
+        let which = if self.signals {
+            let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::hangup()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers; stopping");
+                return ShutdownSignal::FastShutdown;
+            };
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => self.reload().await,
+                    _ = term.recv() => break "SIGTERM",
+                    _ = int.recv() => break "SIGINT",
+                    _ = &mut stopped => break "stop",
+                }
+            }
+        } else {
+            stopped.await;
+            "stop"
         };
         let grace = self.gateway.config().config.timeouts.shutdown_grace;
         tracing::info!(
@@ -154,14 +212,35 @@ impl ShutdownSignalWatch for Signals {
         self.health.set_draining();
         self.gateway.start_draining();
         let gateway = Arc::clone(&self.gateway);
-        std::thread::spawn(move || exit_when_drained(&gateway, grace));
+        let on_drained = self
+            .on_drained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        std::thread::spawn(move || {
+            wait_drained(&gateway, grace);
+            if let Some(f) = on_drained {
+                f();
+            }
+        });
         ShutdownSignal::GracefulTerminate
     }
 }
 
 impl Signals {
-    fn reload(&self) {
-        match config::load_file(&self.config_path) {
+    async fn reload(&self) {
+        // Reading files and resolving upstream names block: off the runtime.
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load_file(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ConfigErrors(vec![config::ConfigError {
+                    file: self.config_path.display().to_string(),
+                    pos: None,
+                    message: format!("config loading stopped: {e}"),
+                }]))
+            });
+        match loaded {
             Ok(new) => {
                 let old = self.gateway.config();
                 let old = &old.config;
@@ -205,15 +284,7 @@ impl Signals {
 
 /// Polls the public listener until it accepts a connection.
 async fn wait_until_accepting(listen: SocketAddr) {
-    let probe = match listen {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => {
-            SocketAddr::from(([127, 0, 0, 1], a.port()))
-        }
-        SocketAddr::V6(a) if a.ip().is_unspecified() => {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
-        }
-        other => other,
-    };
+    let probe = crate::net::reachable(listen);
     loop {
         let ok = tokio::task::spawn_blocking(move || {
             TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok()
@@ -227,23 +298,20 @@ async fn wait_until_accepting(listen: SocketAddr) {
     }
 }
 
-/// Exits 0 as soon as no request is in flight, or when the grace period ends.
-fn exit_when_drained(gateway: &Gateway, grace: Duration) {
+/// Returns as soon as no request is in flight, or when the grace period ends.
+fn wait_drained(gateway: &Gateway, grace: Duration) {
     let deadline = Instant::now() + grace;
     // Let Pingora close its listeners and idle keep-alive connections first.
     std::thread::sleep(Duration::from_millis(100));
     while Instant::now() < deadline {
         if gateway.in_flight() == 0 {
-            tracing::info!("no request in flight; exiting");
-            crate::logging::flush();
-            std::process::exit(0);
+            tracing::info!("no request in flight");
+            return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::warn!(
         in_flight = gateway.in_flight(),
-        "grace period over; exiting"
+        "grace period over with requests in flight"
     );
-    crate::logging::flush();
-    std::process::exit(0);
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hookguard::body::Body;
-use hookguard::providers::{lookup, Inbound, Provider, Rejection, SignRequest, Verified, REGISTRY};
+use hookguard::providers::{Inbound, Provider, SignRequest, Verified, VerifyError, NAMES};
 use hookguard::replay::ReplayGuard;
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
@@ -68,19 +68,14 @@ struct Base {
 }
 
 fn build(provider: &str, route: &Value) -> Arc<dyn Provider> {
-    let entry = lookup(provider).unwrap_or_else(|| panic!("{provider} is registered"));
-    let options: serde_yaml::Value = serde_yaml::to_value(route).unwrap();
-    match (entry.build)(options) {
-        Ok(p) => p,
-        Err(_) => panic!("{provider}: options {route} do not build"),
-    }
+    common::build_provider(provider, route)
 }
 
 fn at(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs as u64)
 }
 
-fn verify(p: &dyn Provider, r: &Req) -> Result<Verified, Rejection> {
+fn verify(p: &dyn Provider, r: &Req) -> Result<Verified, VerifyError> {
     let mut headers = HeaderMap::new();
     for (n, v) in &r.headers {
         headers.append(
@@ -106,7 +101,7 @@ fn verify(p: &dyn Provider, r: &Req) -> Result<Verified, Rejection> {
     )
 }
 
-fn code(r: &Result<Verified, Rejection>) -> &'static str {
+fn code(r: &Result<Verified, VerifyError>) -> &'static str {
     match r {
         Ok(_) => "ok",
         Err(e) => e.code(),
@@ -129,9 +124,7 @@ fn bases() -> Vec<Base> {
     for file in files {
         let doc: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
         let name = doc["provider"].as_str().unwrap();
-        let provider = lookup(name)
-            .unwrap_or_else(|| panic!("{name} registered"))
-            .name;
+        let provider = common::canonical_provider(name);
         let cases = doc["cases"].as_array().unwrap();
         let valid = cases
             .iter()
@@ -203,7 +196,7 @@ fn self_signed_bases() -> Vec<Base> {
                 headers.push(("X-Id".into(), "delivery-1".into()));
             }
             Base {
-                provider: lookup(provider).unwrap().name,
+                provider: common::canonical_provider(provider),
                 route,
                 wrong_route,
                 req: Req {
@@ -626,7 +619,7 @@ fn mailgun_rows(r: &Req) -> Vec<(String, Req, Expect)> {
 // The matrix
 // ------------------------------------------------------------------------------------------
 
-fn check(got: &Result<Verified, Rejection>, want: Expect) -> bool {
+fn check(got: &Result<Verified, VerifyError>, want: Expect) -> bool {
     match want {
         Expect::Code(c) => code(got) == c,
         Expect::Rejected => got.is_err(),
@@ -705,9 +698,9 @@ fn forgery_matrix() {
         ));
     }
     eprintln!("forgery matrix:\n{}", table.join("\n"));
-    let missing: Vec<&str> = REGISTRY
+    let missing: Vec<&str> = NAMES
         .iter()
-        .map(|e| e.name)
+        .map(|(name, _)| *name)
         .filter(|n| !covered.contains(n))
         .collect();
     assert!(

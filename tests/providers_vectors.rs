@@ -1,12 +1,14 @@
 //! Every vector in `fixtures/vectors/*.json` (made with the providers' own SDKs by
 //! `scripts/vectors/generate.py`) gets the verdict the fixture expects, at the fixture's `now`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hookguard::body::Body;
-use hookguard::providers::{lookup, BuildError, Inbound, Provider, Rejection};
+use hookguard::providers::{Inbound, Provider, VerifyError};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use serde_json::Value;
@@ -23,22 +25,10 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 fn build(provider: &str, route: &Value) -> std::sync::Arc<dyn Provider> {
-    let entry = lookup(provider).unwrap_or_else(|| panic!("provider {provider} is registered"));
-    let options: serde_yaml::Value = serde_yaml::to_value(route).expect("route as YAML");
-    match (entry.build)(options) {
-        Ok(p) => p,
-        Err(BuildError::Deserialize(e)) => panic!("{provider}: options: {e}"),
-        Err(BuildError::Invalid(errors)) => panic!(
-            "{provider}: options: {:?}",
-            errors
-                .iter()
-                .map(|e| (e.key, &e.message))
-                .collect::<Vec<_>>()
-        ),
-    }
+    common::build_provider(provider, route)
 }
 
-fn code(r: &Result<hookguard::providers::Verified, Rejection>) -> &'static str {
+fn code(r: &Result<hookguard::providers::Verified, VerifyError>) -> &'static str {
     match r {
         Ok(_) => "ok",
         Err(r) => r.code(),

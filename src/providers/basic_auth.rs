@@ -22,9 +22,9 @@ use subtle::ConstantTimeEq;
 
 use super::{
     base64, identity_of, positive, require_secrets, sha256_hex, Inbound, Keyring, OptionError,
-    Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    Provider, ProviderFactory, SignError, SignRequest, Signed, Verified, VerifyError, DEFAULT_TTL,
 };
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::{Secret, Secrets};
 
 #[derive(Debug)]
 pub struct BasicAuth {
@@ -96,18 +96,18 @@ pub fn credentials(header: &str) -> Option<(String, String)> {
 }
 
 impl Provider for BasicAuth {
-    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, Rejection> {
+    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, VerifyError> {
         let (user, password) = req
             .header("authorization")
             .and_then(credentials)
-            .ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
         let user_ok = same(user.as_bytes(), self.username.as_bytes());
         // Every password is compared, so the time taken does not tell which one matched.
         let signers = self
             .secrets
             .verifying(|s| same(password.as_bytes(), s.expose().as_bytes()));
         if !user_ok {
-            return Err(Rejection::BadSignature);
+            return Err(VerifyError::BadSignature);
         }
         let body = req.body.bytes();
         Ok(signers
@@ -182,27 +182,27 @@ mod tests {
             &auth("postmark", "old").replace("Basic", "basic")
         )])
         .is_ok());
-        assert_eq!(r(&[]), Err(Rejection::MissingSignature));
+        assert_eq!(r(&[]), Err(VerifyError::MissingSignature));
         assert_eq!(
             r(&[("Authorization", "Bearer abc")]),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[("Authorization", "Basic !!")]),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         let good = auth("postmark", "s3cret");
         assert_eq!(
             r(&[("Authorization", &good), ("Authorization", &good)]),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[("Authorization", &auth("postmark", "s3cre"))]),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         assert_eq!(
             r(&[("Authorization", &auth("other", "s3cret"))]),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         assert!(!p.summary().contains("s3cret"));
     }

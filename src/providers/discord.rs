@@ -13,11 +13,10 @@
 use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::{Signature, VerifyingKey};
-use serde::Deserialize;
 
 use super::{
     check_window, decode_hex, identity_of, json_member, parse_unix, positive, Inbound, Keyring,
-    OneOrMany, OptionError, Provider, ProviderFactory, Rejection, Verified, FIVE_MINUTES,
+    OptionError, Provider, ProviderFactory, Verified, VerifyError, FIVE_MINUTES,
 };
 
 pub const NAME: &str = "discord";
@@ -31,13 +30,7 @@ pub struct Discord {
     tolerance: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    public_key: OneOrMany,
-    #[serde(default, with = "humantime_serde")]
-    tolerance: Option<Duration>,
-}
+pub use super::common::PublicKeyOptions as Options;
 
 /// An Ed25519 public key in hex.
 pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
@@ -47,6 +40,7 @@ pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
 
 impl ProviderFactory for Discord {
     type Options = Options;
+    const SECRET_OPTIONS: &'static [&'static str] = &["public_key"];
 
     fn from_options(o: Options) -> Result<Self, Vec<OptionError>> {
         let mut errors = Vec::new();
@@ -69,15 +63,15 @@ impl ProviderFactory for Discord {
 }
 
 impl Provider for Discord {
-    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, VerifyError> {
         let sig_bytes: [u8; 64] = req
             .header(SIGNATURE)
             .and_then(|h| decode_hex(h, 64))
             .and_then(|b| b.try_into().ok())
-            .ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
         let sig = Signature::from_bytes(&sig_bytes);
-        let ts_text = req.header(TIMESTAMP).ok_or(Rejection::MissingSignature)?;
-        let ts = parse_unix(ts_text).ok_or(Rejection::MissingSignature)?;
+        let ts_text = req.header(TIMESTAMP).ok_or(VerifyError::MissingSignature)?;
+        let ts = parse_unix(ts_text).ok_or(VerifyError::MissingSignature)?;
         check_window(ts, now, self.tolerance)?;
         let body = req.body.bytes();
         let mut message = Vec::with_capacity(ts_text.len() + body.len());
@@ -87,7 +81,7 @@ impl Provider for Discord {
             .keys
             .verifying(|k| k.verify_strict(&message, &sig).is_ok());
         if signers.is_empty() {
-            return Err(Rejection::BadSignature);
+            return Err(VerifyError::BadSignature);
         }
         let verified = match json_member(body, "id") {
             Some(id) => signers.message(NAME, id.as_bytes())?.id(id),
@@ -110,6 +104,7 @@ impl Provider for Discord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::one_or_many::OneOrMany;
     use crate::providers::testing::*;
     use ed25519_dalek::{Signer, SigningKey};
 
@@ -140,19 +135,19 @@ mod tests {
         assert_eq!(ok.id, "1180000000000000000");
         assert_eq!(
             r(&[(TIMESTAMP, &ts)], PING, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(SIGNATURE, "00"), (TIMESTAMP, &ts)], PING, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(SIGNATURE, &sig), (TIMESTAMP, &ts)], PING, T - 301),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
         assert_eq!(
             r(&[(SIGNATURE, &sig), (TIMESTAMP, &ts)], b"{}", T),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         let only_other = Discord::from_options(Options {
             public_key: OneOrMany(vec![other]),
@@ -168,7 +163,7 @@ mod tests {
                 PING,
                 T
             ),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         assert!(Discord::from_options(Options {
             public_key: OneOrMany(vec!["zz".into()]),

@@ -9,14 +9,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::{
     decode_hex, hmac_matches, hmac_sign, identity_of, positive, require_secrets, signed_json,
-    HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory, Rejection, SignError,
-    SignRequest, Signed, Verified, DEFAULT_TTL,
+    HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory, SignError, SignRequest,
+    Signed, Verified, VerifyError, DEFAULT_TTL,
 };
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const NAME: &str = "github";
 pub const HEADER: &str = "x-hub-signature-256";
@@ -28,13 +26,7 @@ pub struct GitHub {
     ttl: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    #[serde(default, with = "humantime_serde")]
-    ttl: Option<Duration>,
-}
+pub use super::common::UntimedOptions as Options;
 
 impl ProviderFactory for GitHub {
     type Options = Options;
@@ -48,12 +40,12 @@ impl ProviderFactory for GitHub {
 }
 
 impl Provider for GitHub {
-    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, Rejection> {
-        let header = req.header(HEADER).ok_or(Rejection::MissingSignature)?;
+    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, VerifyError> {
+        let header = req.header(HEADER).ok_or(VerifyError::MissingSignature)?;
         let sig = header
             .strip_prefix("sha256=")
             .and_then(|h| decode_hex(h, 32))
-            .ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
         let body: [&[u8]; 1] = [req.body.bytes()];
         let signers = self
             .secrets
@@ -94,7 +86,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 
 /// A fresh GUID-shaped delivery id.
 fn uuid_like() -> String {
-    let t = super::fresh_token(32);
+    let t = crate::random::hex_token(32);
     format!(
         "{}-{}-{}-{}-{}",
         &t[0..8],
@@ -158,14 +150,14 @@ mod tests {
         );
         assert_eq!(other.unwrap().keys, ok.keys);
         let r = |pairs: &[(&str, &str)], body: &[u8]| check(&p, "/g", pairs, None, body, 0);
-        assert_eq!(r(&[], BODY), Err(Rejection::MissingSignature));
+        assert_eq!(r(&[], BODY), Err(VerifyError::MissingSignature));
         assert_eq!(
             r(&[(HEADER, "sha1=abc")], BODY),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(HEADER, &sig), (HEADER, &sig)], BODY),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(HEADER, &sig), (DELIVERY, "a"), (DELIVERY, "b")], BODY)
@@ -173,10 +165,13 @@ mod tests {
                 .keys,
             ok.keys
         );
-        assert_eq!(r(&[(HEADER, &sig)], b"Hello"), Err(Rejection::BadSignature));
+        assert_eq!(
+            r(&[(HEADER, &sig)], b"Hello"),
+            Err(VerifyError::BadSignature)
+        );
         assert_eq!(
             check(&provider(&["x"]), "/g", &[(HEADER, &sig)], None, BODY, 0),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
     }
 

@@ -28,10 +28,10 @@ use serde::Deserialize;
 use super::{
     check_window, hmac_matches, hmac_sign, identity_of, parse_unix, positive, require_secrets,
     unix_now, HmacSha1, HmacSha256, HmacSha512, Inbound, Keyring, OptionError, Provider,
-    ProviderFactory, PublicUrl, Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    ProviderFactory, PublicUrl, SignError, SignRequest, Signed, Verified, VerifyError, DEFAULT_TTL,
     FIVE_MINUTES,
 };
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::{Secret, Secrets};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -320,22 +320,24 @@ pub fn candidates<'a>(value: &'a str, prefix: &str) -> Vec<&'a str> {
 }
 
 impl Provider for GenericHmac {
-    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, VerifyError> {
         let value = req
             .header(self.header.as_str())
-            .ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
         let len = self.algorithm.len();
         let signatures: Vec<Vec<u8>> = candidates(value, &self.prefix)
             .into_iter()
             .filter_map(|c| self.encoding.decode(c, len))
             .collect();
         if signatures.is_empty() {
-            return Err(Rejection::MissingSignature);
+            return Err(VerifyError::MissingSignature);
         }
         let timestamp = match &self.timestamp_header {
             Some(h) => {
-                let text = req.header(h.as_str()).ok_or(Rejection::MissingSignature)?;
-                Some((text, parse_unix(text).ok_or(Rejection::MissingSignature)?))
+                let text = req
+                    .header(h.as_str())
+                    .ok_or(VerifyError::MissingSignature)?;
+                Some((text, parse_unix(text).ok_or(VerifyError::MissingSignature)?))
             }
             None => None,
         };
@@ -344,7 +346,7 @@ impl Provider for GenericHmac {
             Some(h) => Some(
                 req.header(h.as_str())
                     .filter(|v| !v.is_empty())
-                    .ok_or(Rejection::MissingSignature)?,
+                    .ok_or(VerifyError::MissingSignature)?,
             ),
             None => None,
         };
@@ -358,11 +360,11 @@ impl Provider for GenericHmac {
             parts.push(match part {
                 Part::Text(t) => t.as_bytes(),
                 Part::Body => req.body.bytes(),
-                Part::Timestamp => timestamp.ok_or(Rejection::MissingSignature)?.0.as_bytes(),
+                Part::Timestamp => timestamp.ok_or(VerifyError::MissingSignature)?.0.as_bytes(),
                 Part::Url => url.as_bytes(),
                 Part::Header(h) => req
                     .header(h.as_str())
-                    .ok_or(Rejection::MissingSignature)?
+                    .ok_or(VerifyError::MissingSignature)?
                     .as_bytes(),
             });
         }
@@ -412,7 +414,7 @@ impl Provider for GenericHmac {
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
         let secret = self.secrets.first()?;
         let ts = unix_now(now).to_string();
-        let id = super::fresh_token(32);
+        let id = crate::random::hex_token(32);
         let url = self
             .public_url
             .as_ref()
@@ -531,16 +533,16 @@ mod tests {
         ];
         let ok = r(&all, BODY, T).unwrap();
         assert_eq!((ok.id.as_str(), ok.timestamp), ("d1", Some(T)));
-        assert_eq!(r(&all[..2], BODY, T), Err(Rejection::MissingSignature));
+        assert_eq!(r(&all[..2], BODY, T), Err(VerifyError::MissingSignature));
         assert_eq!(
             r(&[all[0], all[2]], BODY, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
-        assert_eq!(r(&all, BODY, T + 301), Err(Rejection::StaleTimestamp));
-        assert_eq!(r(&all, b"{}", T), Err(Rejection::BadSignature));
+        assert_eq!(r(&all, BODY, T + 301), Err(VerifyError::StaleTimestamp));
+        assert_eq!(r(&all, b"{}", T), Err(VerifyError::BadSignature));
         // The id is signed: another one breaks the signature.
         let respelt = [all[0], all[1], ("X-Id", "d2")];
-        assert_eq!(r(&respelt, BODY, T), Err(Rejection::BadSignature));
+        assert_eq!(r(&respelt, BODY, T), Err(VerifyError::BadSignature));
         let url = "http://127.0.0.1:1/h";
         let signed = sign_now(&p, url, BODY, T);
         assert!(check_signed(&p, url, &signed, T).is_ok());
@@ -601,10 +603,10 @@ mod tests {
         let r = |pairs: &[(&str, &str)]| check(&p, "/h?q=1", pairs, None, BODY, T);
         let ok = r(&[("X-Sig", &mac), ("X-Event", "push")]).unwrap();
         assert_eq!(ok.remember_for, DEFAULT_TTL);
-        assert_eq!(r(&[("X-Sig", &mac)]), Err(Rejection::MissingSignature));
+        assert_eq!(r(&[("X-Sig", &mac)]), Err(VerifyError::MissingSignature));
         assert_eq!(
             r(&[("X-Sig", &mac), ("X-Event", "pull")]),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         assert!(p
             .sign(

@@ -7,14 +7,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::{
     decode_hex, hmac_matches, hmac_sign, identity_of, json_member, positive, require_secrets,
-    signed_json, HmacSha1, Inbound, Keyring, OptionError, Provider, ProviderFactory, Rejection,
-    SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    signed_json, HmacSha1, Inbound, Keyring, OptionError, Provider, ProviderFactory, SignError,
+    SignRequest, Signed, Verified, VerifyError, DEFAULT_TTL,
 };
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const NAME: &str = "intercom";
 pub const HEADER: &str = "x-hub-signature";
@@ -25,13 +23,7 @@ pub struct Intercom {
     ttl: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    #[serde(default, with = "humantime_serde")]
-    ttl: Option<Duration>,
-}
+pub use super::common::UntimedOptions as Options;
 
 impl ProviderFactory for Intercom {
     type Options = Options;
@@ -45,18 +37,18 @@ impl ProviderFactory for Intercom {
 }
 
 impl Provider for Intercom {
-    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, Rejection> {
-        let header = req.header(HEADER).ok_or(Rejection::MissingSignature)?;
+    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, VerifyError> {
+        let header = req.header(HEADER).ok_or(VerifyError::MissingSignature)?;
         let sig = header
             .strip_prefix("sha1=")
             .and_then(|h| decode_hex(h, 20))
-            .ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
         let body: [&[u8]; 1] = [req.body.bytes()];
         let signers = self
             .secrets
             .verifying(|key| hmac_matches::<HmacSha1>(key.expose().as_bytes(), &body, &sig));
         if signers.is_empty() {
-            return Err(Rejection::BadSignature);
+            return Err(VerifyError::BadSignature);
         }
         let verified = match json_member(req.body.bytes(), "id") {
             Some(id) => signers.message(NAME, id.as_bytes())?.id(id),
@@ -116,16 +108,16 @@ mod tests {
         let other = br#"{"x":1}"#;
         let sig2 = signature(KEY, other);
         assert_eq!(r(&[(HEADER, &sig2)], other).unwrap().id, &sig2[5..]);
-        assert_eq!(r(&[], BODY), Err(Rejection::MissingSignature));
+        assert_eq!(r(&[], BODY), Err(VerifyError::MissingSignature));
         assert_eq!(
             r(&[(HEADER, &sig[5..])], BODY),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(HEADER, &sig), (HEADER, &sig)], BODY),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
-        assert_eq!(r(&[(HEADER, &sig)], other), Err(Rejection::BadSignature));
+        assert_eq!(r(&[(HEADER, &sig)], other), Err(VerifyError::BadSignature));
     }
 
     #[test]

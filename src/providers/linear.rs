@@ -8,14 +8,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
-
 use super::{
     decode_hex, hmac_matches, hmac_sign, identity_of, json_member, parse_unix, positive,
     require_secrets, HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory,
-    Rejection, SignError, SignRequest, Signed, Verified,
+    SignError, SignRequest, Signed, Verified, VerifyError,
 };
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const NAME: &str = "linear";
 pub const HEADER: &str = "linear-signature";
@@ -27,13 +25,7 @@ pub struct Linear {
     tolerance: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    #[serde(default, with = "humantime_serde")]
-    tolerance: Option<Duration>,
-}
+pub use super::common::TimestampedOptions as Options;
 
 impl ProviderFactory for Linear {
     type Options = Options;
@@ -54,17 +46,17 @@ fn unix_millis(now: SystemTime) -> i128 {
 }
 
 impl Provider for Linear {
-    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, VerifyError> {
         let sig = req
             .header(HEADER)
             .and_then(|h| decode_hex(h, 32))
-            .ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
         let body = req.body.bytes();
         let ts_ms = json_member(body, "webhookTimestamp")
             .and_then(|t| parse_unix(&t))
-            .ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
         if (unix_millis(now) - ts_ms as i128).unsigned_abs() > self.tolerance.as_millis() {
-            return Err(Rejection::StaleTimestamp);
+            return Err(VerifyError::StaleTimestamp);
         }
         let parts: [&[u8]; 1] = [body];
         let signers = self
@@ -102,7 +94,7 @@ impl Provider for Linear {
         Ok(Signed {
             headers: vec![
                 ("Linear-Signature".into(), signature(secret.expose(), &body)),
-                ("Linear-Delivery".into(), super::fresh_token(32)),
+                ("Linear-Delivery".into(), crate::random::hex_token(32)),
             ],
             content_type: "application/json".into(),
             body,
@@ -145,22 +137,22 @@ mod tests {
         assert!(r(&[(HEADER, &sig)], BODY, T + 60).is_ok());
         assert_eq!(
             r(&[(HEADER, &sig)], BODY, T + 61),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
         assert_eq!(
             r(&[(HEADER, &sig)], BODY, T - 60),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
-        assert_eq!(r(&[], BODY, T), Err(Rejection::MissingSignature));
+        assert_eq!(r(&[], BODY, T), Err(VerifyError::MissingSignature));
         let no_ts = br#"{"action":"create"}"#;
         assert_eq!(
             r(&[(HEADER, &signature(KEY, no_ts))], no_ts, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         let tampered = br#"{"action":"remove","type":"Issue","webhookTimestamp":1700000000500}"#;
         assert_eq!(
             r(&[(HEADER, &sig)], tampered, T),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
     }
 

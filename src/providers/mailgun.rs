@@ -13,10 +13,10 @@ use serde::Deserialize;
 
 use super::{
     check_window, hmac_matches, require_secrets, HmacSha256, Inbound, Keyring, OptionError,
-    Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
+    Provider, ProviderFactory, SignError, SignRequest, Signed, Verified, VerifyError,
 };
 use crate::body::{Body, MediaType};
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const NAME: &str = "mailgun";
 
@@ -28,13 +28,7 @@ pub struct Mailgun {
     tolerance: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    #[serde(default, with = "humantime_serde")]
-    tolerance: Option<Duration>,
-}
+pub use super::common::TimestampedOptions as Options;
 
 impl ProviderFactory for Mailgun {
     type Options = Options;
@@ -56,10 +50,10 @@ pub struct Material {
 }
 
 impl Provider for Mailgun {
-    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
-        let m = material(req.body).ok_or(Rejection::MissingSignature)?;
-        let timestamp = parse_timestamp(&m.timestamp).ok_or(Rejection::MissingSignature)?;
-        let expected = decode_signature(&m.signature).ok_or(Rejection::MissingSignature)?;
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, VerifyError> {
+        let m = material(req.body).ok_or(VerifyError::MissingSignature)?;
+        let timestamp = parse_timestamp(&m.timestamp).ok_or(VerifyError::MissingSignature)?;
+        let expected = decode_signature(&m.signature).ok_or(VerifyError::MissingSignature)?;
         check_window(timestamp, now, self.tolerance)?;
         let parts: [&[u8]; 2] = [m.timestamp.as_bytes(), m.token.as_bytes()];
         let signers = self
@@ -85,7 +79,7 @@ impl Provider for Mailgun {
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
         let secret = self.secrets.first()?;
         let timestamp = super::unix_now(now).to_string();
-        let token = super::fresh_token(50);
+        let token = crate::random::hex_token(50);
         let signature = sign(secret.expose(), &timestamp, &token);
         let trimmed = req.body.trim_ascii();
         if trimmed.is_empty() || trimmed.starts_with(b"{") {
@@ -220,7 +214,7 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(ts as u64)
     }
 
-    fn check(p: &Mailgun, body: &str, ct: &str, now: i64) -> Result<Verified, Rejection> {
+    fn check(p: &Mailgun, body: &str, ct: &str, now: i64) -> Result<Verified, VerifyError> {
         let headers = HeaderMap::new();
         let body = Body::new(Bytes::from(body.to_owned()), Some(ct));
         let req = Inbound {
@@ -274,15 +268,15 @@ mod tests {
         let ct = "application/json";
         assert_eq!(
             check(&p, "{}", ct, 1_700_000_000),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             check(&p, "not json", ct, 1_700_000_000),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             check(&p, &json_body("17e8", "tok1", &sig), ct, 1_700_000_000),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             check(
@@ -291,19 +285,19 @@ mod tests {
                 ct,
                 1_700_000_000
             ),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             check(&p, &ok, ct, 1_700_000_301),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
         assert_eq!(
             check(&p, &ok, ct, 1_699_999_699),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
         assert_eq!(
             check(&provider(&["other"]), &ok, ct, 1_700_000_000),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         // The token is signed: swapping it breaks the signature.
         assert_eq!(
@@ -313,7 +307,7 @@ mod tests {
                 ct,
                 1_700_000_000
             ),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
     }
 
@@ -341,7 +335,7 @@ mod tests {
                 "application/x-www-form-urlencoded",
                 1_700_000_000
             ),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
     }
 }

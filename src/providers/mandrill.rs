@@ -11,15 +11,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::{
     base64, decode_base64, hmac_matches, hmac_sign, identity_of, positive, require_secrets,
-    HmacSha1, Inbound, Keyring, OptionError, Provider, ProviderFactory, PublicUrl, Rejection,
-    SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    HmacSha1, Inbound, Keyring, OptionError, Provider, ProviderFactory, PublicUrl, SignError,
+    SignRequest, Signed, Verified, VerifyError, DEFAULT_TTL,
 };
 use crate::body::{FieldValue, MediaType};
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const NAME: &str = "mandrill";
 pub const HEADER: &str = "x-mandrill-signature";
@@ -31,14 +29,7 @@ pub struct Mandrill {
     ttl: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    public_url: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    ttl: Option<Duration>,
-}
+pub use super::common::UrlSignedOptions as Options;
 
 impl ProviderFactory for Mandrill {
     type Options = Options;
@@ -71,11 +62,11 @@ fn signed_fields<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Opt
 }
 
 impl Provider for Mandrill {
-    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, Rejection> {
+    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, VerifyError> {
         let sig = req
             .header(HEADER)
             .and_then(|h| decode_base64(h.trim(), 20))
-            .ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
         let params = match req.body.media() {
             MediaType::Form | MediaType::Multipart { .. } => {
                 let fields = req.body.fields().map_err(super::field_error)?;
@@ -83,13 +74,13 @@ impl Provider for Mandrill {
                 for f in &fields.0 {
                     match &f.value {
                         FieldValue::Text(t) => pairs.push((f.name.as_str(), t.as_str())),
-                        FieldValue::File { .. } => return Err(Rejection::MissingSignature),
+                        FieldValue::File { .. } => return Err(VerifyError::MissingSignature),
                     }
                 }
-                signed_fields(pairs).ok_or(Rejection::MissingSignature)?
+                signed_fields(pairs).ok_or(VerifyError::MissingSignature)?
             }
             MediaType::Missing if req.body.bytes().is_empty() => String::new(),
-            _ => return Err(Rejection::MissingSignature),
+            _ => return Err(VerifyError::MissingSignature),
         };
         let url = self.public_url.for_request(req.path_and_query);
         let parts: [&[u8]; 2] = [url.as_bytes(), params.as_bytes()];
@@ -187,19 +178,19 @@ mod tests {
         assert_eq!(sig, by_hand);
         let r = |pairs: &[(&str, &str)], body: &[u8]| check(&p, "/m", pairs, CT, body, 0);
         assert_eq!(r(&[(HEADER, &sig)], FORM).unwrap().id, sig);
-        assert_eq!(r(&[], FORM), Err(Rejection::MissingSignature));
+        assert_eq!(r(&[], FORM), Err(VerifyError::MissingSignature));
         assert_eq!(
             r(&[(HEADER, &sig), (HEADER, &sig)], FORM),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         let repeated = [FORM, b"&mandrill_events=%5B%5D"].concat();
         assert_eq!(
             r(&[(HEADER, &sig)], &repeated),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(HEADER, &sig)], b"mandrill_events=%5B%5D"),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         assert_eq!(
             check(
@@ -210,7 +201,7 @@ mod tests {
                 b"[]",
                 0
             ),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
     }
 

@@ -8,14 +8,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::{
     check_window, decode_hex, hmac_matches, hmac_sign, identity_of, json_member, parse_unix,
     positive, require_secrets, signed_json, unix_now, HmacSha256, Inbound, Keyring, OptionError,
-    Provider, ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
+    Provider, ProviderFactory, SignError, SignRequest, Signed, Verified, VerifyError,
 };
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const NAME: &str = "paddle";
 pub const HEADER: &str = "paddle-signature";
@@ -28,13 +26,7 @@ pub struct Paddle {
     tolerance: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    #[serde(default, with = "humantime_serde")]
-    tolerance: Option<Duration>,
-}
+pub use super::common::TimestampedOptions as Options;
 
 impl ProviderFactory for Paddle {
     type Options = Options;
@@ -64,9 +56,10 @@ pub fn parse_header(value: &str) -> Option<(&str, i64, Vec<Vec<u8>>)> {
 }
 
 impl Provider for Paddle {
-    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
-        let header = req.header(HEADER).ok_or(Rejection::MissingSignature)?;
-        let (ts_text, ts, signatures) = parse_header(header).ok_or(Rejection::MissingSignature)?;
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, VerifyError> {
+        let header = req.header(HEADER).ok_or(VerifyError::MissingSignature)?;
+        let (ts_text, ts, signatures) =
+            parse_header(header).ok_or(VerifyError::MissingSignature)?;
         check_window(ts, now, self.tolerance)?;
         let body = req.body.bytes();
         let parts: [&[u8]; 3] = [ts_text.as_bytes(), b":", body];
@@ -74,7 +67,7 @@ impl Provider for Paddle {
             hmac_matches::<HmacSha256>(key.expose().as_bytes(), &parts, sig)
         });
         if signers.is_empty() {
-            return Err(Rejection::BadSignature);
+            return Err(VerifyError::BadSignature);
         }
         let verified =
             match json_member(body, "notification_id").or_else(|| json_member(body, "event_id")) {
@@ -137,14 +130,14 @@ mod tests {
         assert_eq!(r(&h, BODY, T).unwrap().id, "ntf_01");
         let rotated = format!("{h};h1={}", "ab".repeat(32));
         assert!(r(&rotated, BODY, T + 5).is_ok());
-        assert_eq!(r(&h, BODY, T + 6), Err(Rejection::StaleTimestamp));
-        assert_eq!(r(&h, BODY, T - 6), Err(Rejection::StaleTimestamp));
+        assert_eq!(r(&h, BODY, T + 6), Err(VerifyError::StaleTimestamp));
+        assert_eq!(r(&h, BODY, T - 6), Err(VerifyError::StaleTimestamp));
         assert_eq!(
             r(&format!("{h};h2=00"), BODY, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
-        assert_eq!(r("ts=1", BODY, T), Err(Rejection::MissingSignature));
-        assert_eq!(r(&h, b"{}", T), Err(Rejection::BadSignature));
+        assert_eq!(r("ts=1", BODY, T), Err(VerifyError::MissingSignature));
+        assert_eq!(r(&h, b"{}", T), Err(VerifyError::BadSignature));
         let body2 = br#"{"x":1}"#;
         let h2 = header_for(KEY, T, body2);
         assert_eq!(

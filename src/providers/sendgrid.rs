@@ -16,12 +16,11 @@ use std::time::{Duration, SystemTime};
 use p256::ecdsa::signature::DigestVerifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
-use serde::Deserialize;
 use sha2::Digest;
 
 use super::{
-    base64, check_window, identity_of, parse_unix, positive, Inbound, Keyring, OneOrMany,
-    OptionError, Provider, ProviderFactory, Rejection, Verified, FIVE_MINUTES,
+    base64, check_window, identity_of, parse_unix, positive, Inbound, Keyring, OptionError,
+    Provider, ProviderFactory, Verified, VerifyError, FIVE_MINUTES,
 };
 
 pub const NAME: &str = "sendgrid";
@@ -35,13 +34,7 @@ pub struct SendGrid {
     tolerance: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    public_key: OneOrMany,
-    #[serde(default, with = "humantime_serde")]
-    tolerance: Option<Duration>,
-}
+pub use super::common::PublicKeyOptions as Options;
 
 /// A P-256 public key from base64 DER (SubjectPublicKeyInfo) or PEM.
 pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
@@ -58,6 +51,7 @@ pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
 
 impl ProviderFactory for SendGrid {
     type Options = Options;
+    const SECRET_OPTIONS: &'static [&'static str] = &["public_key"];
 
     fn from_options(o: Options) -> Result<Self, Vec<OptionError>> {
         let mut errors = Vec::new();
@@ -80,7 +74,7 @@ impl ProviderFactory for SendGrid {
 }
 
 impl Provider for SendGrid {
-    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, VerifyError> {
         let sig = req
             .header(SIGNATURE)
             .and_then(|h| {
@@ -90,9 +84,9 @@ impl Provider for SendGrid {
                     .ok()
             })
             .and_then(|der| Signature::from_der(&der).ok())
-            .ok_or(Rejection::MissingSignature)?;
-        let ts_text = req.header(TIMESTAMP).ok_or(Rejection::MissingSignature)?;
-        let ts = parse_unix(ts_text).ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
+        let ts_text = req.header(TIMESTAMP).ok_or(VerifyError::MissingSignature)?;
+        let ts = parse_unix(ts_text).ok_or(VerifyError::MissingSignature)?;
         check_window(ts, now, self.tolerance)?;
         let digest = sha2::Sha256::new()
             .chain_update(ts_text.as_bytes())
@@ -120,6 +114,7 @@ impl Provider for SendGrid {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::one_or_many::OneOrMany;
     use crate::providers::testing::*;
     use p256::ecdsa::signature::hazmat::PrehashSigner;
     use p256::ecdsa::SigningKey;
@@ -171,19 +166,19 @@ mod tests {
         assert_eq!(ok.id, ok2.id);
         assert_eq!(
             r(&[(TIMESTAMP, &ts)], BODY, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(SIGNATURE, "bm90IGRlcg=="), (TIMESTAMP, &ts)], BODY, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(SIGNATURE, &der), (TIMESTAMP, &ts)], BODY, T + 301),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
         assert_eq!(
             r(&[(SIGNATURE, &der), (TIMESTAMP, &ts)], b"[]", T),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         assert_eq!(
             check(
@@ -194,7 +189,7 @@ mod tests {
                 BODY,
                 T
             ),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         // No signing for a provider that signs with its private key.
         assert!(matches!(

@@ -7,14 +7,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::{
     base64, decode_base64, hmac_matches, hmac_sign, identity_of, positive, require_secrets,
-    signed_json, HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory, Rejection,
-    SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    signed_json, HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory, SignError,
+    SignRequest, Signed, Verified, VerifyError, DEFAULT_TTL,
 };
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const NAME: &str = "shopify";
 pub const HEADER: &str = "x-shopify-hmac-sha256";
@@ -26,13 +24,7 @@ pub struct Shopify {
     ttl: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    #[serde(default, with = "humantime_serde")]
-    ttl: Option<Duration>,
-}
+pub use super::common::UntimedOptions as Options;
 
 impl ProviderFactory for Shopify {
     type Options = Options;
@@ -46,9 +38,9 @@ impl ProviderFactory for Shopify {
 }
 
 impl Provider for Shopify {
-    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, Rejection> {
-        let header = req.header(HEADER).ok_or(Rejection::MissingSignature)?;
-        let sig = decode_base64(header.trim(), 32).ok_or(Rejection::MissingSignature)?;
+    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, VerifyError> {
+        let header = req.header(HEADER).ok_or(VerifyError::MissingSignature)?;
+        let sig = decode_base64(header.trim(), 32).ok_or(VerifyError::MissingSignature)?;
         let body: [&[u8]; 1] = [req.body.bytes()];
         let signers = self
             .secrets
@@ -72,7 +64,7 @@ impl Provider for Shopify {
                     signature(secret.expose(), req.body),
                 ),
                 ("X-Shopify-Topic".into(), "orders/create".into()),
-                ("X-Shopify-Webhook-Id".into(), super::fresh_token(32)),
+                ("X-Shopify-Webhook-Id".into(), crate::random::hex_token(32)),
             ],
             req.body,
         ))
@@ -121,16 +113,16 @@ mod tests {
         // The webhook id is not signed: without it, the same message.
         let no_id = r(&[(HEADER, &sig)], BODY).unwrap();
         assert_eq!((&no_id.id, &no_id.keys), (&ok.id, &ok.keys));
-        assert_eq!(r(&[], BODY), Err(Rejection::MissingSignature));
+        assert_eq!(r(&[], BODY), Err(VerifyError::MissingSignature));
         assert_eq!(
             r(&[(HEADER, "not base64!")], BODY),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(HEADER, &sig), (HEADER, &sig)], BODY),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
-        assert_eq!(r(&[(HEADER, &sig)], b"{}"), Err(Rejection::BadSignature));
+        assert_eq!(r(&[(HEADER, &sig)], b"{}"), Err(VerifyError::BadSignature));
     }
 
     #[test]

@@ -5,14 +5,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::{
     check_window, decode_hex, hmac_matches, hmac_sign, identity_of, parse_unix, positive,
     require_secrets, unix_now, HmacSha256, Inbound, Keyring, OptionError, Provider,
-    ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified, FIVE_MINUTES,
+    ProviderFactory, SignError, SignRequest, Signed, Verified, VerifyError, FIVE_MINUTES,
 };
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const NAME: &str = "slack";
 pub const SIGNATURE: &str = "x-slack-signature";
@@ -26,13 +24,7 @@ pub struct Slack {
     tolerance: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    #[serde(default, with = "humantime_serde")]
-    tolerance: Option<Duration>,
-}
+pub use super::common::TimestampedOptions as Options;
 
 impl ProviderFactory for Slack {
     type Options = Options;
@@ -46,14 +38,14 @@ impl ProviderFactory for Slack {
 }
 
 impl Provider for Slack {
-    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, VerifyError> {
         let sig = req
             .header(SIGNATURE)
             .and_then(|h| h.strip_prefix("v0="))
             .and_then(|h| decode_hex(h, 32))
-            .ok_or(Rejection::MissingSignature)?;
-        let ts_text = req.header(TIMESTAMP).ok_or(Rejection::MissingSignature)?;
-        let ts = parse_unix(ts_text).ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
+        let ts_text = req.header(TIMESTAMP).ok_or(VerifyError::MissingSignature)?;
+        let ts = parse_unix(ts_text).ok_or(VerifyError::MissingSignature)?;
         check_window(ts, now, self.tolerance)?;
         let parts: [&[u8]; 4] = [b"v0:", ts_text.as_bytes(), b":", req.body.bytes()];
         let signers = self
@@ -129,15 +121,15 @@ mod tests {
         assert_eq!(ok.id, format!("{T}.{}", &sig[3..]));
         assert_eq!(
             r(&[(TIMESTAMP, &ts)], BODY, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(SIGNATURE, &sig)], BODY, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(SIGNATURE, &sig), (TIMESTAMP, "12.5")], BODY, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(
@@ -145,19 +137,19 @@ mod tests {
                 BODY,
                 T
             ),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(SIGNATURE, &sig), (TIMESTAMP, &ts)], BODY, T + 301),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
         assert_eq!(
             r(&[(SIGNATURE, &sig), (TIMESTAMP, &ts)], BODY, T - 301),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
         assert_eq!(
             r(&[(SIGNATURE, &sig), (TIMESTAMP, &ts)], b"token=x", T),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
     }
 

@@ -10,14 +10,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::{
     base64, decode_base64, hmac_matches, hmac_sign, identity_of, json_member, positive,
     require_secrets, signed_json, HmacSha256, Inbound, Keyring, OptionError, Provider,
-    ProviderFactory, PublicUrl, Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    ProviderFactory, PublicUrl, SignError, SignRequest, Signed, Verified, VerifyError, DEFAULT_TTL,
 };
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const NAME: &str = "square";
 pub const HEADER: &str = "x-square-hmacsha256-signature";
@@ -29,14 +27,7 @@ pub struct Square {
     ttl: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    public_url: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    ttl: Option<Duration>,
-}
+pub use super::common::UrlSignedOptions as Options;
 
 impl ProviderFactory for Square {
     type Options = Options;
@@ -58,11 +49,11 @@ impl ProviderFactory for Square {
 }
 
 impl Provider for Square {
-    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, Rejection> {
+    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, VerifyError> {
         let sig = req
             .header(HEADER)
             .and_then(|h| decode_base64(h.trim(), 32))
-            .ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
         let url = self.public_url.for_request(req.path_and_query);
         let body = req.body.bytes();
         let parts: [&[u8]; 2] = [url.as_bytes(), body];
@@ -70,7 +61,7 @@ impl Provider for Square {
             .secrets
             .verifying(|key| hmac_matches::<HmacSha256>(key.expose().as_bytes(), &parts, &sig));
         if signers.is_empty() {
-            return Err(Rejection::BadSignature);
+            return Err(VerifyError::BadSignature);
         }
         let verified = match json_member(body, "event_id") {
             Some(id) => signers.message(NAME, id.as_bytes())?.id(id),
@@ -138,18 +129,18 @@ mod tests {
         assert_eq!(r("/sq", &[(HEADER, &sig)], BODY).unwrap().id, "e-1");
         assert_eq!(
             r("/sq?x=1", &[(HEADER, &sig)], BODY),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         let with_query = signature(KEY, &format!("{URL}?x=1"), BODY);
         assert!(r("/sq?x=1", &[(HEADER, &with_query)], BODY).is_ok());
-        assert_eq!(r("/sq", &[], BODY), Err(Rejection::MissingSignature));
+        assert_eq!(r("/sq", &[], BODY), Err(VerifyError::MissingSignature));
         assert_eq!(
             r("/sq", &[(HEADER, &sig), (HEADER, &sig)], BODY),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r("/sq", &[(HEADER, &sig)], b"{}"),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         assert!(Square::from_options(Options {
             secrets: secrets(&[KEY]),

@@ -9,14 +9,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::{
     base64, check_window, hmac_matches, hmac_sign, parse_unix, positive, signed_json, unix_now,
-    HmacSha256, Inbound, KeyBytes, Keyring, OptionError, Provider, ProviderFactory, Rejection,
-    SignError, SignRequest, Signed, Verified, FIVE_MINUTES,
+    HmacSha256, Inbound, KeyBytes, Keyring, OptionError, Provider, ProviderFactory, SignError,
+    SignRequest, Signed, Verified, VerifyError, FIVE_MINUTES,
 };
-use crate::config::secret::Secrets;
 
 pub const NAME: &str = "standard_webhooks";
 pub const DEFAULT_TOLERANCE: Duration = FIVE_MINUTES;
@@ -27,14 +24,7 @@ pub struct StandardWebhooks {
     tolerance: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    /// `whsec_<base64>` (or the bare base64).
-    secrets: Secrets,
-    #[serde(default, with = "humantime_serde")]
-    tolerance: Option<Duration>,
-}
+pub use super::common::TimestampedOptions as Options;
 
 /// The key bytes of a `whsec_` secret.
 pub fn decode_secret(secret: &str) -> Option<Vec<u8>> {
@@ -84,19 +74,19 @@ fn headers<'a>(req: &'a Inbound<'_>) -> Option<(&'a str, &'a str, &'a str)> {
 }
 
 impl Provider for StandardWebhooks {
-    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
-        let (id, ts_text, sig_header) = headers(req).ok_or(Rejection::MissingSignature)?;
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, VerifyError> {
+        let (id, ts_text, sig_header) = headers(req).ok_or(VerifyError::MissingSignature)?;
         if id.is_empty() {
-            return Err(Rejection::MissingSignature);
+            return Err(VerifyError::MissingSignature);
         }
-        let ts = parse_unix(ts_text).ok_or(Rejection::MissingSignature)?;
+        let ts = parse_unix(ts_text).ok_or(VerifyError::MissingSignature)?;
         let signatures: Vec<Vec<u8>> = sig_header
             .split(' ')
             .filter_map(|entry| entry.strip_prefix("v1,"))
             .filter_map(|b64| super::decode_base64(b64, 32))
             .collect();
         if signatures.is_empty() {
-            return Err(Rejection::MissingSignature);
+            return Err(VerifyError::MissingSignature);
         }
         check_window(ts, now, self.tolerance)?;
         let parts: [&[u8]; 5] = [
@@ -121,7 +111,7 @@ impl Provider for StandardWebhooks {
 
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
         let key = self.keys.first()?;
-        let id = format!("msg_{}", super::fresh_token(27));
+        let id = format!("msg_{}", crate::random::hex_token(27));
         let ts = unix_now(now).to_string();
         Ok(signed_json(
             vec![
@@ -203,7 +193,7 @@ mod tests {
         .is_ok());
         assert_eq!(
             r(&[("webhook-id", id), ("webhook-timestamp", &ts)], BODY, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(
@@ -215,7 +205,7 @@ mod tests {
                 BODY,
                 T
             ),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(
@@ -228,7 +218,7 @@ mod tests {
                 BODY,
                 T
             ),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(
@@ -240,7 +230,7 @@ mod tests {
                 BODY,
                 T + 301
             ),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
         assert_eq!(
             r(
@@ -252,7 +242,7 @@ mod tests {
                 BODY,
                 T - 301
             ),
-            Err(Rejection::StaleTimestamp)
+            Err(VerifyError::StaleTimestamp)
         );
         assert_eq!(
             r(
@@ -264,7 +254,7 @@ mod tests {
                 BODY,
                 T
             ),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
     }
 

@@ -10,14 +10,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::{
     check_window, decode_hex, hmac_matches, hmac_sign, identity_of, parse_unix, positive,
     require_secrets, signed_json, unix_now, HmacSha256, Inbound, Keyring, OptionError, Provider,
-    ProviderFactory, Rejection, SignError, SignRequest, Signed, Verified,
+    ProviderFactory, SignError, SignRequest, Signed, Verified, VerifyError,
 };
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const NAME: &str = "stripe";
 pub const HEADER: &str = "stripe-signature";
@@ -30,13 +28,7 @@ pub struct Stripe {
     tolerance: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    #[serde(default, with = "humantime_serde")]
-    tolerance: Option<Duration>,
-}
+pub use super::common::TimestampedOptions as Options;
 
 impl ProviderFactory for Stripe {
     type Options = Options;
@@ -70,9 +62,9 @@ pub fn parse_header(value: &str) -> Option<(i64, Vec<Vec<u8>>)> {
 }
 
 impl Provider for Stripe {
-    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
-        let header = req.header(HEADER).ok_or(Rejection::MissingSignature)?;
-        let (t, signatures) = parse_header(header).ok_or(Rejection::MissingSignature)?;
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, VerifyError> {
+        let header = req.header(HEADER).ok_or(VerifyError::MissingSignature)?;
+        let (t, signatures) = parse_header(header).ok_or(VerifyError::MissingSignature)?;
         check_window(t, now, self.tolerance)?;
         let t_text = t.to_string();
         let body = req.body.bytes();
@@ -130,7 +122,7 @@ mod tests {
         .unwrap()
     }
 
-    fn run(p: &Stripe, header: &str, body: &[u8], now: i64) -> Result<Verified, Rejection> {
+    fn run(p: &Stripe, header: &str, body: &[u8], now: i64) -> Result<Verified, VerifyError> {
         check(
             p,
             "/s",
@@ -158,24 +150,24 @@ mod tests {
     fn rejections_in_contract_order() {
         let p = provider(&[KEY]);
         let h = header_for(KEY, T, BODY);
-        assert_eq!(run(&p, "", BODY, T), Err(Rejection::MissingSignature));
-        assert_eq!(run(&p, "t=1", BODY, T), Err(Rejection::MissingSignature));
+        assert_eq!(run(&p, "", BODY, T), Err(VerifyError::MissingSignature));
+        assert_eq!(run(&p, "t=1", BODY, T), Err(VerifyError::MissingSignature));
         assert_eq!(
             run(&p, "t=x,v1=00", BODY, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             run(&p, &format!("t={T},v1=zz"), BODY, T),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         let two_t = format!("t={T},{h}");
-        assert_eq!(run(&p, &two_t, BODY, T), Err(Rejection::MissingSignature));
-        assert_eq!(run(&p, &h, BODY, T + 301), Err(Rejection::StaleTimestamp));
-        assert_eq!(run(&p, &h, BODY, T - 301), Err(Rejection::StaleTimestamp));
-        assert_eq!(run(&p, &h, b"{}", T), Err(Rejection::BadSignature));
+        assert_eq!(run(&p, &two_t, BODY, T), Err(VerifyError::MissingSignature));
+        assert_eq!(run(&p, &h, BODY, T + 301), Err(VerifyError::StaleTimestamp));
+        assert_eq!(run(&p, &h, BODY, T - 301), Err(VerifyError::StaleTimestamp));
+        assert_eq!(run(&p, &h, b"{}", T), Err(VerifyError::BadSignature));
         assert_eq!(
             run(&provider(&["nope"]), &h, BODY, T),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         let dup = check(
             &p,
@@ -185,7 +177,7 @@ mod tests {
             BODY,
             T,
         );
-        assert_eq!(dup, Err(Rejection::MissingSignature));
+        assert_eq!(dup, Err(VerifyError::MissingSignature));
     }
 
     #[test]

@@ -21,16 +21,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::{
     base64, decode_base64, hmac_matches, hmac_sign, identity_of, positive, query, require_secrets,
     sha256_hex, HmacSha1, HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory,
-    PublicUrl, Rejection, SignError, SignRequest, Signed, Verified, DEFAULT_TTL,
+    PublicUrl, SignError, SignRequest, Signed, Verified, VerifyError, DEFAULT_TTL,
 };
 use crate::body::MediaType;
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const NAME: &str = "twilio";
 pub const SIGNATURE: &str = "x-twilio-signature";
@@ -44,14 +43,7 @@ pub struct Twilio {
     ttl: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    public_url: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    ttl: Option<Duration>,
-}
+pub use super::common::UrlSignedOptions as Options;
 
 impl ProviderFactory for Twilio {
     type Options = Options;
@@ -145,8 +137,8 @@ fn sorted_params(fields: impl IntoIterator<Item = (String, String)>) -> String {
 }
 
 impl Provider for Twilio {
-    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, Rejection> {
-        let alg = algorithm(req).ok_or(Rejection::MissingSignature)?;
+    fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, VerifyError> {
+        let alg = algorithm(req).ok_or(VerifyError::MissingSignature)?;
         let len = match alg {
             Algorithm::Sha1 => 20,
             Algorithm::Sha256 => 32,
@@ -154,7 +146,7 @@ impl Provider for Twilio {
         let sig = req
             .header(SIGNATURE)
             .and_then(|h| decode_base64(h, len))
-            .ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
         let body_hash = query(req.path_and_query).and_then(|q| {
             form_urlencoded::parse(q.as_bytes())
                 .find(|(k, v)| k == "bodySHA256" && !v.is_empty())
@@ -180,7 +172,7 @@ impl Provider for Twilio {
                                 pairs.push((f.name.clone(), t.clone()))
                             }
                             crate::body::FieldValue::File { .. } => {
-                                return Err(Rejection::MissingSignature)
+                                return Err(VerifyError::MissingSignature)
                             }
                         }
                     }
@@ -188,7 +180,7 @@ impl Provider for Twilio {
                 }
                 MediaType::Missing if req.body.bytes().is_empty() => String::new(),
                 // A JSON body is signed only through `bodySHA256`.
-                _ => return Err(Rejection::MissingSignature),
+                _ => return Err(VerifyError::MissingSignature),
             },
         };
         let url = self.public_url.for_request(req.path_and_query);
@@ -227,7 +219,7 @@ impl Provider for Twilio {
         let trimmed = req.body.trim_ascii();
         let idempotency = (
             "I-Twilio-Idempotency-Token".to_owned(),
-            super::fresh_token(36),
+            crate::random::hex_token(36),
         );
         if trimmed.starts_with(b"{") || trimmed.starts_with(b"[") {
             let query = format!("bodySHA256={}", sha256_hex(trimmed));
@@ -349,11 +341,11 @@ mod tests {
         assert_eq!(no_token.keys, ok.keys);
         assert_eq!(
             check(&p, &path, &pairs, ct, b"{\"property\":1}", 0),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         assert_eq!(
             check(&p, "/t", &pairs, ct, body, 0),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
     }
 
@@ -386,7 +378,7 @@ mod tests {
                 FORM.as_bytes(),
                 0
             ),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
     }
 
@@ -398,18 +390,18 @@ mod tests {
             check(&p, "/t", pairs, FORM_CT, body.as_bytes(), 0)
         };
         assert!(r(&[(SIGNATURE, &sig)], FORM).is_ok());
-        assert_eq!(r(&[], FORM), Err(Rejection::MissingSignature));
+        assert_eq!(r(&[], FORM), Err(VerifyError::MissingSignature));
         assert_eq!(
             r(&[(SIGNATURE, "abc")], FORM),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(SIGNATURE, &sig), (SIGNATURE, &sig)], FORM),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         assert_eq!(
             r(&[(SIGNATURE, &sig)], &format!("{FORM}&x=1")),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
         // Field order does not matter; values do.
         let reordered = "To=%2B18005551212&From=%2B12349013030&Digits=1234&Caller=%2B12349013030&CallSid=CA1234567890ABCDE";
@@ -432,7 +424,7 @@ mod tests {
         tampered.body = br#"{"EventType":"y"}"#.to_vec();
         assert_eq!(
             check_signed(&p, url, &tampered, 0),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
     }
 }

@@ -9,14 +9,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::{
     check_window, decode_hex, hmac_matches, hmac_sign, positive, require_secrets, signed_json,
-    unix_now, HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory, Rejection,
-    SignError, SignRequest, Signed, Verified,
+    unix_now, HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory, SignError,
+    SignRequest, Signed, Verified, VerifyError,
 };
-use crate::config::secret::{Secret, Secrets};
+use crate::secret::Secret;
 
 pub const ID: &str = "twitch-eventsub-message-id";
 pub const TIMESTAMP: &str = "twitch-eventsub-message-timestamp";
@@ -31,13 +29,7 @@ pub struct Twitch {
     tolerance: Duration,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    secrets: Secrets,
-    #[serde(default, with = "humantime_serde")]
-    tolerance: Option<Duration>,
-}
+pub use super::common::TimestampedOptions as Options;
 
 impl ProviderFactory for Twitch {
     type Options = Options;
@@ -51,20 +43,20 @@ impl ProviderFactory for Twitch {
 }
 
 impl Provider for Twitch {
-    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, Rejection> {
+    fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, VerifyError> {
         let sig = req
             .header(SIGNATURE)
             .and_then(|h| h.strip_prefix("sha256="))
             .and_then(|h| decode_hex(h, 32))
-            .ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
         let id = req
             .header(ID)
             .filter(|id| !id.is_empty())
-            .ok_or(Rejection::MissingSignature)?;
-        let ts_text = req.header(TIMESTAMP).ok_or(Rejection::MissingSignature)?;
+            .ok_or(VerifyError::MissingSignature)?;
+        let ts_text = req.header(TIMESTAMP).ok_or(VerifyError::MissingSignature)?;
         let ts = humantime::parse_rfc3339(ts_text)
             .map(unix_now)
-            .map_err(|_| Rejection::MissingSignature)?;
+            .map_err(|_| VerifyError::MissingSignature)?;
         check_window(ts, now, self.tolerance)?;
         let parts: [&[u8]; 3] = [id.as_bytes(), ts_text.as_bytes(), req.body.bytes()];
         let signers = self
@@ -83,7 +75,7 @@ impl Provider for Twitch {
 
     fn sign(&self, req: &SignRequest<'_>, now: SystemTime) -> Result<Signed, SignError> {
         let secret = self.secrets.first()?;
-        let id = super::fresh_token(32);
+        let id = crate::random::hex_token(32);
         let ts = humantime::format_rfc3339_nanos(now).to_string();
         Ok(signed_json(
             vec![
@@ -135,23 +127,23 @@ mod tests {
         let ok = r(&all, BODY, T).unwrap();
         assert_eq!((ok.id.as_str(), ok.timestamp), ("m-1", Some(T)));
         assert!(r(&all, BODY, T + 600).is_ok());
-        assert_eq!(r(&all, BODY, T + 601), Err(Rejection::StaleTimestamp));
-        assert_eq!(r(&all, BODY, T - 601), Err(Rejection::StaleTimestamp));
-        assert_eq!(r(&all[..2], BODY, T), Err(Rejection::MissingSignature));
+        assert_eq!(r(&all, BODY, T + 601), Err(VerifyError::StaleTimestamp));
+        assert_eq!(r(&all, BODY, T - 601), Err(VerifyError::StaleTimestamp));
+        assert_eq!(r(&all[..2], BODY, T), Err(VerifyError::MissingSignature));
         assert_eq!(
             r(
                 &[(ID, "m-1"), (TIMESTAMP, "yesterday"), (SIGNATURE, &sig)],
                 BODY,
                 T
             ),
-            Err(Rejection::MissingSignature)
+            Err(VerifyError::MissingSignature)
         );
         // The id is signed: a new id for a captured message does not verify.
         assert_eq!(
             r(&[(ID, "m-2"), (TIMESTAMP, TS), (SIGNATURE, &sig)], BODY, T),
-            Err(Rejection::BadSignature)
+            Err(VerifyError::BadSignature)
         );
-        assert_eq!(r(&all, b"{}", T), Err(Rejection::BadSignature));
+        assert_eq!(r(&all, b"{}", T), Err(VerifyError::BadSignature));
     }
 
     #[test]

@@ -1,195 +1,53 @@
 //! The public listener: a Pingora HTTP application that buffers each webhook, has it verified,
-//! and forwards the authentic ones upstream.
+//! and forwards the authentic ones upstream. The one place where outcomes become HTTP.
+//!
+//! A request goes down this file in one straight line: read the head; [`admission`] decides
+//! what the head alone can (route, method, client address, sizes); the body is read
+//! ([`body_read`]); the route's provider verifies it; the replay guard reserves the message's
+//! keys; the upstream request is built ([`headers`]) and sent over pooled connections
+//! ([`upstream`]); the keys are committed on 2xx or released; the answer goes back
+//! ([`respond`]). [`gateway`] holds what all connections share.
 //!
 //! This is a Pingora [`HttpServerApp`] rather than a `ProxyHttp` implementation: Pingora's proxy
 //! phases forward the request body as it streams in, so a body cannot be verified before the
 //! upstream is contacted, nor replaced by its normalized form, without the subrequest detour
-//! (pingora#349, #688). Here the request is read, judged and then sent upstream with Pingora's
-//! own pooled client connections, in one straight line.
-//!
-//! Everything that decides *whether* a request passes lives outside this module (providers,
-//! replay guard, normalizer); this module maps those decisions to HTTP, metrics and logs.
+//! (pingora#349, #688).
 
+pub mod admission;
+mod body_read;
+mod gateway;
 mod headers;
+pub mod respond;
 mod upstream;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
-use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::time::fast_timeout::fast_timeout;
-use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 
-use crate::body::Body;
-use crate::config::{Config, DuplicateStatus, ForwardBody, Route};
+use crate::body::{Body, BodyError};
+use crate::config::{DuplicateStatus, ForwardBody, Route};
 use crate::message;
-use crate::metrics::{Metrics, RouteMetricsTable};
 use crate::normalize;
 use crate::outcome::{Outcome, Rejection};
-use crate::providers::Inbound;
-use crate::replay::{Refused, ReplayGuard};
+use crate::providers::{Inbound, Verified};
+use crate::replay::Refused;
+use admission::{Admitted, Head, Post};
+use body_read::{read_body, BodyRead};
+use gateway::InFlight;
+pub use gateway::{Gateway, Snapshot};
 use headers::Forwarding;
-use upstream::UpstreamClient;
-
-/// One config with everything derived from it; replaced as a whole on reload, so a request
-/// runs start to end on the config it started with.
-pub struct Snapshot {
-    pub config: Config,
-    metrics: RouteMetricsTable,
-    /// Each route's upstream as a Pingora peer, built once per config.
-    peers: HashMap<String, HttpPeer>,
-}
-
-impl Snapshot {
-    fn new(config: Config, metrics: &Metrics) -> Self {
-        let peers = config
-            .routes
-            .iter()
-            .map(|r| {
-                (
-                    r.name.clone(),
-                    UpstreamClient::peer(&r.upstream, &config.timeouts),
-                )
-            })
-            .collect();
-        Snapshot {
-            metrics: metrics.for_config(&config),
-            peers,
-            config,
-        }
-    }
-}
-
-/// State shared by every connection of the public listener.
-pub struct Gateway {
-    snapshot: ArcSwap<Snapshot>,
-    replay: Arc<ReplayGuard>,
-    metrics: Arc<Metrics>,
-    upstream: UpstreamClient,
-    in_flight: AtomicUsize,
-    draining: AtomicBool,
-}
-
-impl Gateway {
-    /// Fails only if the replay store's client thread cannot be started.
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> std::io::Result<Arc<Self>> {
-        let t = &config.timeouts;
-        // A reservation lives while its request is in flight; this bounds it should its
-        // holder ever vanish.
-        let in_flight_ttl = t.upstream_connect + t.upstream_read * 2 + Duration::from_secs(10);
-        let replay = Arc::new(ReplayGuard::with_settings(
-            &config.replay,
-            in_flight_ttl,
-            metrics.replay_error_sink(),
-        )?);
-        let snapshot = Snapshot::new(config, &metrics);
-        Ok(Arc::new(Gateway {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            replay,
-            metrics,
-            upstream: UpstreamClient::new(256),
-            in_flight: AtomicUsize::new(0),
-            draining: AtomicBool::new(false),
-        }))
-    }
-
-    /// The config new requests use.
-    pub fn config(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Makes `config` the one new requests use; requests in flight keep theirs.
-    pub fn replace_config(&self, config: Config) {
-        self.snapshot
-            .store(Arc::new(Snapshot::new(config, &self.metrics)));
-    }
-
-    pub fn replay(&self) -> &ReplayGuard {
-        &self.replay
-    }
-
-    /// Requests being handled now.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
-    /// Stop reusing client connections: shutdown has begun.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-}
+use respond::{reject, relay, respond, End, Report};
 
 /// The Pingora application around a [`Gateway`].
 pub struct GatewayApp(pub Arc<Gateway>);
-
-/// Counts a request as in flight for as long as it lives.
-struct InFlight<'a>(&'a Gateway);
-
-impl<'a> InFlight<'a> {
-    fn enter(g: &'a Gateway) -> Self {
-        g.in_flight.fetch_add(1, Ordering::AcqRel);
-        g.metrics.in_flight.inc();
-        InFlight(g)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.in_flight.dec();
-    }
-}
-
-/// What the per-request log line and metrics need. The request is counted the moment its
-/// outcome is known, before the response goes out, so a client that reads the response and
-/// then the metrics always sees itself counted.
-struct Report<'a> {
-    metrics: &'a RouteMetricsTable,
-    route: Option<Arc<Route>>,
-    outcome: Option<Outcome>,
-    status: u16,
-    replay_key: Option<String>,
-}
-
-impl Report<'_> {
-    fn settle(&mut self, outcome: Outcome, status: u16) {
-        if self.outcome.is_some() {
-            return;
-        }
-        self.outcome = Some(outcome);
-        self.status = status;
-        match self
-            .route
-            .as_ref()
-            .and_then(|r| self.metrics.route(&r.name))
-        {
-            Some(m) => m.count(outcome),
-            None => self.metrics.no_route.inc(),
-        }
-    }
-}
-
-/// How a request ended, for the connection.
-enum End {
-    /// A complete response was written; the connection may be reused if `reuse`.
-    Responded { reuse: bool },
-    /// The connection is broken or half-written: close it.
-    Abort,
-}
 
 #[async_trait]
 impl HttpServerApp for GatewayApp {
@@ -234,18 +92,12 @@ impl HttpServerApp for GatewayApp {
         }
 
         let _in_flight = InFlight::enter(gw);
-        let started = Instant::now();
-        let mut report = Report {
-            metrics: &snap.metrics,
-            route: None,
-            outcome: None,
-            status: 0,
-            replay_key: None,
-        };
+        let mut report = Report::new(&snap.metrics);
         let end = handle(gw, &snap, &mut session, &mut report).await;
         // A request that ended without an outcome lost its client midway.
         report.settle(Outcome::Aborted, 0);
-        log_request(&snap, &session, &report, started);
+        let client = admission::client_address(&head(&session), &snap.config.trusted_proxies);
+        report.log(client);
 
         match end {
             End::Responded { reuse: true } if !gw.is_draining() => {
@@ -278,6 +130,25 @@ async fn shutdown_started(shutdown: &mut ShutdownWatch) {
     }
 }
 
+/// The request head as the admission step sees it.
+fn head(session: &ServerSession) -> Head<'_> {
+    let req = session.req_header();
+    Head {
+        method: &req.method,
+        uri: &req.uri,
+        headers: &req.headers,
+        peer: peer_ip(session),
+    }
+}
+
+/// The socket peer: the previous hop, whatever it claims.
+fn peer_ip(session: &ServerSession) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_canonical())
+}
+
 /// Takes one request from header to response.
 async fn handle(
     gw: &Gateway,
@@ -286,55 +157,31 @@ async fn handle(
     report: &mut Report<'_>,
 ) -> End {
     let config = &snap.config;
-    let req = session.req_header();
-    let Some(route) = config.routes.lookup(req.uri.path()).cloned() else {
-        return reject(session, report, Rejection::NoRoute).await;
-    };
-    report.route = Some(Arc::clone(&route));
-    if req.method == http::Method::HEAD && route.provider.answers_head_probe() {
-        return respond(
-            session,
-            report,
-            Outcome::Answered,
-            200,
-            "text/plain",
-            Bytes::new(),
-        )
-        .await;
-    }
-    if req.method != http::Method::POST {
-        return reject(session, report, Rejection::MethodNotAllowed).await;
-    }
-    let client_ip = client_ip(session, &config.trusted_proxies);
-    if let Some(allowed) = &route.allow_ips {
-        if !client_ip.is_some_and(|ip| crate::client_ip::allowed(ip, allowed)) {
-            return reject(session, report, Rejection::IpNotAllowed).await;
+    let post = match admission::admit(config, &head(session)) {
+        Ok(Admitted::Post(post)) => post,
+        Ok(Admitted::Probe(route)) => {
+            report.route = Some(route);
+            let answered = Outcome::Answered;
+            return respond(session, report, answered, 200, "text/plain", Bytes::new()).await;
         }
-    }
-    if header_size(req) > config.max_header_bytes {
-        return reject(session, report, Rejection::HeadersTooLarge).await;
-    }
-    let declared = declared_length(session);
-    if declared.is_some_and(|n| n > config.max_body_bytes) {
-        return reject(session, report, Rejection::BodyTooLarge).await;
-    }
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        Err(refused) => {
+            report.route = refused.route;
+            return reject(session, report, refused.rejection).await;
+        }
+    };
+    let Post {
+        route,
+        client_ip,
+        declared,
+        expects_continue,
+    } = post;
+    report.route = Some(Arc::clone(&route));
     if expects_continue && session.write_continue_response().await.is_err() {
         return End::Abort;
     }
 
-    let bytes = match read_body(
-        session,
-        config.max_body_bytes,
-        declared,
-        config.timeouts.client_read,
-    )
-    .await
-    {
+    let t = &config.timeouts;
+    let bytes = match read_body(session, config.max_body_bytes, declared, t.client_read).await {
         Ok(b) => b,
         Err(BodyRead::TooLarge) => return reject(session, report, Rejection::BodyTooLarge).await,
         Err(BodyRead::TimedOut) => return reject(session, report, Rejection::ClientTimeout).await,
@@ -365,17 +212,19 @@ async fn handle(
         .observe(verify_started.elapsed().as_secs_f64());
     let verified = match verdict {
         Ok(v) => v,
-        Err(r) => return reject(session, report, r).await,
+        Err(e) => return reject(session, report, e.into()).await,
     };
-    report.replay_key = Some(verified.id.clone());
+    report.id = Some(verified.id.clone());
     if let Some(answer) = &verified.answer {
+        let body = Bytes::from(answer.body.clone());
+        let (status, content_type) = (answer.status, answer.content_type);
         return respond(
             session,
             report,
             Outcome::Answered,
-            answer.status,
-            answer.content_type,
-            Bytes::from(answer.body.clone()),
+            status,
+            content_type,
+            body,
         )
         .await;
     }
@@ -402,23 +251,14 @@ async fn handle(
         .await;
     let reservation = match reserved {
         Ok(r) => r,
-        Err(Refused::Delivered) => {
-            return match config.replay.duplicate_status {
-                DuplicateStatus::Ok => {
-                    respond(
-                        session,
-                        report,
-                        Outcome::Duplicate,
-                        200,
-                        "application/json",
-                        Bytes::from_static(DUPLICATE),
-                    )
-                    .await
-                }
-                DuplicateStatus::Conflict => reject(session, report, Rejection::Replayed).await,
-            };
+        Err(Refused::Delivered) if config.replay.duplicate_status == DuplicateStatus::Ok => {
+            let body = Bytes::from_static(respond::DUPLICATE);
+            let json = "application/json";
+            return respond(session, report, Outcome::Duplicate, 200, json, body).await;
         }
-        Err(Refused::InFlight) => return reject(session, report, Rejection::Replayed).await,
+        Err(Refused::Delivered | Refused::InFlight) => {
+            return reject(session, report, Rejection::Replayed).await
+        }
         Err(Refused::Full) => {
             tracing::warn!(
                 route = route.name.as_str(),
@@ -459,19 +299,16 @@ async fn handle(
         reservation.release().await;
     }
     report.settle(Outcome::Forwarded, status);
-    relay_response(gw, session, exchange, response).await
+    relay(gw, session, exchange, response).await
 }
 
 /// A body that cannot be normalized: too many fields is a size limit, anything else malformed.
-fn body_rejection(e: crate::body::BodyError) -> Rejection {
+fn body_rejection(e: BodyError) -> Rejection {
     match e {
-        crate::body::BodyError::TooManyFields(_) => Rejection::BodyTooLarge,
+        BodyError::TooManyFields(_) => Rejection::BodyTooLarge,
         _ => Rejection::MalformedBody,
     }
 }
-
-/// The answer to a copy of a message already delivered.
-const DUPLICATE: &[u8] = b"{\"status\":\"duplicate\"}";
 
 /// Normalizes the body (unless `normalized` already is), builds the upstream request and
 /// sends it; returns once the upstream's response header has arrived.
@@ -482,7 +319,7 @@ async fn deliver(
     session: &ServerSession,
     body: &Body,
     normalized: Option<Bytes>,
-    verified: &crate::providers::Verified,
+    verified: &Verified,
 ) -> Result<upstream::Exchange, Rejection> {
     let (out_body, content_type) = match route.forward_body {
         ForwardBody::Original => (body.bytes().clone(), None),
@@ -518,143 +355,6 @@ async fn deliver(
     gw.upstream.send(peer, &header, &out_body).await
 }
 
-/// Streams the upstream's response to the client.
-async fn relay_response(
-    gw: &Gateway,
-    session: &mut ServerSession,
-    mut exchange: upstream::Exchange,
-    response: ResponseHeader,
-) -> End {
-    if session
-        .write_response_header(Box::new(response))
-        .await
-        .is_err()
-    {
-        return End::Abort;
-    }
-    loop {
-        match exchange.session.read_body_bytes().await {
-            Ok(Some(chunk)) => {
-                if session.write_response_body(chunk, false).await.is_err() {
-                    return End::Abort;
-                }
-            }
-            Ok(None) => break,
-            // The upstream broke off mid-body: the client must see a truncated response.
-            Err(_) => return End::Abort,
-        }
-    }
-    if session.finish_body().await.is_err() {
-        return End::Abort;
-    }
-    gw.upstream.release(exchange).await;
-    End::Responded { reuse: true }
-}
-
-/// Writes a rejection: `{"error":"<code>"}`.
-async fn reject(session: &mut ServerSession, report: &mut Report<'_>, r: Rejection) -> End {
-    let body = Bytes::from(r.body());
-    respond(
-        session,
-        report,
-        Outcome::Rejected(r),
-        r.status(),
-        "application/json",
-        body,
-    )
-    .await
-}
-
-/// Writes a response of hookguard's own. The connection stays open when the request was read
-/// completely; when its body was left unread (404, 405, 413, ...) it is closed, not drained.
-async fn respond(
-    session: &mut ServerSession,
-    report: &mut Report<'_>,
-    outcome: Outcome,
-    status: u16,
-    content_type: &'static str,
-    body: Bytes,
-) -> End {
-    report.settle(outcome, status);
-    let reuse = session.is_body_done();
-    if !reuse {
-        session.set_keepalive(None);
-    }
-    let mut header = match ResponseHeader::build(status, Some(2)) {
-        Ok(h) => h,
-        Err(_) => return End::Abort,
-    };
-    let ok = header
-        .insert_header(http::header::CONTENT_TYPE, content_type)
-        .and_then(|_| header.insert_header(http::header::CONTENT_LENGTH, body.len()))
-        .is_ok();
-    if !ok
-        || session
-            .write_response_header(Box::new(header))
-            .await
-            .is_err()
-        || session.write_response_body(body, true).await.is_err()
-    {
-        return End::Abort;
-    }
-    End::Responded { reuse }
-}
-
-fn log_request(snap: &Snapshot, session: &ServerSession, report: &Report<'_>, started: Instant) {
-    let route = report.route.as_deref();
-    let client = client_ip(session, &snap.config.trusted_proxies)
-        .map(|ip| ip.to_string())
-        .unwrap_or_default();
-    tracing::info!(
-        target: "hookguard::request",
-        route = route.map_or("", |r| r.name.as_str()),
-        provider = route.map_or("", |r| r.provider_name),
-        outcome = report.outcome.map_or("", Outcome::label),
-        status = report.status,
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        replay_key = report.replay_key.as_deref().unwrap_or(""),
-        client = client.as_str(),
-        "request"
-    );
-}
-
-/// The socket peer: the previous hop, whatever it claims.
-fn peer_ip(session: &ServerSession) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_canonical())
-}
-
-/// The client's address: the socket peer, or what trusted proxies say it is.
-fn client_ip(session: &ServerSession, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
-    let peer = peer_ip(session)?;
-    if trusted.is_empty() {
-        return Some(peer);
-    }
-    let lines = session.req_header().headers.get_all("x-forwarded-for");
-    crate::client_ip::resolve(peer, lines.iter().map(|v| v.as_bytes()), trusted)
-}
-
-/// The size of the request line and header lines as they arrived (name, `: `, value, CRLF).
-fn header_size(req: &pingora::http::RequestHeader) -> usize {
-    let line =
-        req.method.as_str().len() + req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 11;
-    req.headers.iter().fold(line, |n, (name, value)| {
-        n + name.as_str().len() + value.len() + 4
-    })
-}
-
-/// `Content-Length` as declared, if any (Pingora has already rejected malformed ones).
-fn declared_length(session: &ServerSession) -> Option<usize> {
-    session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// The path and query the upstream is asked for.
 fn upstream_target(route: &Route, req: &pingora::http::RequestHeader) -> String {
     match (&route.upstream_path, req.uri.query()) {
@@ -664,56 +364,5 @@ fn upstream_target(route: &Route, req: &pingora::http::RequestHeader) -> String 
             .uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-    }
-}
-
-enum BodyRead {
-    TooLarge,
-    TimedOut,
-    Broken,
-}
-
-/// Reads the whole body, stopping as soon as it passes `max` bytes, within `deadline`.
-async fn read_body(
-    session: &mut ServerSession,
-    max: usize,
-    declared: Option<usize>,
-    deadline: Duration,
-) -> Result<Bytes, BodyRead> {
-    let read = async {
-        // Most bodies arrive in one chunk: keep it as is; copy only once a second one comes.
-        let mut first: Option<Bytes> = None;
-        let mut joined: Option<BytesMut> = None;
-        let mut total = 0usize;
-        loop {
-            let chunk = match session.read_request_body().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) if e.etype() == &ErrorType::ReadTimedout => return Err(BodyRead::TimedOut),
-                Err(_) => return Err(BodyRead::Broken),
-            };
-            total += chunk.len();
-            if total > max {
-                return Err(BodyRead::TooLarge);
-            }
-            match (&first, &mut joined) {
-                (None, _) => first = Some(chunk),
-                (Some(f), None) => {
-                    let mut buf = BytesMut::with_capacity(declared.unwrap_or(total).max(total));
-                    buf.extend_from_slice(f);
-                    buf.extend_from_slice(&chunk);
-                    joined = Some(buf);
-                }
-                (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
-            }
-        }
-        Ok(match joined {
-            Some(buf) => buf.freeze(),
-            None => first.unwrap_or_default(),
-        })
-    };
-    match fast_timeout(deadline, read).await {
-        Ok(r) => r,
-        Err(_) => Err(BodyRead::TimedOut),
     }
 }

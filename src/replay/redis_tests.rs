@@ -8,9 +8,9 @@ use redis::Commands;
 use std::sync::atomic::AtomicU64;
 
 use super::*;
-use crate::config::secret::Secret;
 use crate::config::{DuplicateStatus, RedisSettings, ReplaySettings, ReplayStore};
 use crate::message::SignerId;
+use crate::secret::Secret;
 
 #[path = "../../tests/common/redis_server.rs"]
 mod redis_server;

@@ -23,6 +23,52 @@ use sha2::Sha256;
 pub mod redis_server;
 
 // ------------------------------------------------------------------------------------------
+// Providers built in-process, from JSON options (the registry takes any serde format)
+// ------------------------------------------------------------------------------------------
+
+use hookguard::providers::{dispatch, Provider, ProviderFactory, Visit};
+
+struct FromJson(serde_json::Value);
+
+impl Visit for FromJson {
+    type Output = Result<Arc<dyn Provider>, String>;
+    fn visit<P: ProviderFactory>(self, _: &'static str) -> Self::Output {
+        let options: P::Options = serde_json::from_value(self.0).map_err(|e| e.to_string())?;
+        let provider = P::from_options(options).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| format!("{}: {}", e.key, e.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        Ok(Arc::new(provider))
+    }
+}
+
+/// The provider `name` (or alias) with route options `options`; panics if it does not build.
+pub fn build_provider(name: &str, options: &serde_json::Value) -> Arc<dyn Provider> {
+    match dispatch(name, FromJson(options.clone())) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => panic!("{name}: options {options} do not build: {e}"),
+        None => panic!("{name} is not a provider"),
+    }
+}
+
+struct Canonical;
+
+impl Visit for Canonical {
+    type Output = &'static str;
+    fn visit<P: ProviderFactory>(self, name: &'static str) -> &'static str {
+        name
+    }
+}
+
+/// The canonical name of provider `name` (or alias).
+pub fn canonical_provider(name: &str) -> &'static str {
+    dispatch(name, Canonical).unwrap_or_else(|| panic!("{name} is not a provider"))
+}
+
+// ------------------------------------------------------------------------------------------
 // Ports
 // ------------------------------------------------------------------------------------------
 

@@ -1,0 +1,112 @@
+//! The state every connection of the public listener shares: the current config (swapped as
+//! a whole on reload), the replay guard, the metrics and the upstream connection pool.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::upstreams::peer::HttpPeer;
+
+use super::upstream::UpstreamClient;
+use crate::config::Config;
+use crate::metrics::{Metrics, RouteMetricsTable};
+use crate::replay::ReplayGuard;
+
+/// One config with everything derived from it; replaced as a whole on reload, so a request
+/// runs start to end on the config it started with.
+pub struct Snapshot {
+    pub config: Config,
+    pub(super) metrics: RouteMetricsTable,
+    /// Each route's upstream as a Pingora peer, built once per config.
+    pub(super) peers: HashMap<String, HttpPeer>,
+}
+
+impl Snapshot {
+    fn new(config: Config, metrics: &Metrics) -> Self {
+        let peers = config
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    UpstreamClient::peer(&r.upstream, &config.timeouts),
+                )
+            })
+            .collect();
+        Snapshot {
+            metrics: metrics.for_config(&config),
+            peers,
+            config,
+        }
+    }
+}
+
+/// State shared by every connection of the public listener.
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    pub(super) replay: Arc<ReplayGuard>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) upstream: UpstreamClient,
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    /// A gateway for `config`, guarding replays with `replay` (built where the server is
+    /// assembled: its store outlives config reloads).
+    pub fn new(config: Config, replay: Arc<ReplayGuard>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let snapshot = Snapshot::new(config, &metrics);
+        Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            replay,
+            metrics,
+            upstream: UpstreamClient::new(256),
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The config new requests use.
+    pub fn config(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Makes `config` the one new requests use; requests in flight keep theirs.
+    pub fn replace_config(&self, config: Config) {
+        self.snapshot
+            .store(Arc::new(Snapshot::new(config, &self.metrics)));
+    }
+
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Stop reusing client connections: shutdown has begun.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Counts a request as in flight for as long as it lives.
+pub(super) struct InFlight<'a>(&'a Gateway);
+
+impl<'a> InFlight<'a> {
+    pub(super) fn enter(g: &'a Gateway) -> Self {
+        g.in_flight.fetch_add(1, Ordering::AcqRel);
+        g.metrics.in_flight.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.in_flight.dec();
+    }
+}
