@@ -83,7 +83,7 @@ NGINX=$(command -v nginx)
 
 if [ "$BUILD" = 1 ]; then
     log "building (cargo build --release)"
-    (cd "$ROOT" && cargo build --release --bin hookguard --example pingora_passthrough)
+    (cd "$ROOT" && cargo build --release --bin hookguard --example pingora_passthrough --features passthrough-example)
 fi
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')

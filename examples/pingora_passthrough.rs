@@ -4,7 +4,7 @@
 //! The benchmark (`bench/run.sh`) runs it beside nginx `proxy_pass` and hookguard, to show what
 //! plain Pingora's proxy costs on this machine compared with hookguard's own `HttpServerApp`.
 //!
-//!     cargo run --release --example pingora_passthrough -- \
+//!     cargo run --release --features passthrough-example --example pingora_passthrough -- \
 //!         [--listen 127.0.0.1:6190] [--upstream 127.0.0.1:3000] [--threads 1] [--work-stealing]
 
 use std::net::SocketAddr;

@@ -21,13 +21,7 @@ pub enum SignCommandError {
 
 /// The URL the proxy answers `path` on, reachable from this machine.
 pub fn local_url(listen: SocketAddr, path: &str) -> String {
-    let host = match listen {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => "127.0.0.1".to_owned(),
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) if a.ip().is_unspecified() => "[::1]".to_owned(),
-        SocketAddr::V6(a) => format!("[{}]", a.ip()),
-    };
-    format!("http://{host}:{}{path}", listen.port())
+    format!("http://{}{path}", crate::net::reachable(listen))
 }
 
 /// The `curl` command for `body` to route `route_name`.
@@ -58,7 +52,16 @@ pub fn curl_command(
         Some(q) => format!("{url}?{q}"),
         None => url,
     };
-    let mut cmd = format!("curl -sS -i -X POST {}", shell_quote(&url));
+    // A text body goes on the command line as is; any other (a binary multipart part) is
+    // written by `printf` from octal escapes, so curl sends exactly the bytes signed.
+    let (mut cmd, data) = match std::str::from_utf8(&signed.body) {
+        Ok(text) if !text.contains('\0') => (String::new(), shell_quote(text)),
+        _ => (
+            format!("printf {} | ", printf_format(&signed.body)),
+            "@-".to_owned(),
+        ),
+    };
+    cmd.push_str(&format!("curl -sS -i -X POST {}", shell_quote(&url)));
     cmd.push_str(&format!(
         " \\\n  -H {}",
         shell_quote(&format!("Content-Type: {}", signed.content_type))
@@ -69,11 +72,24 @@ pub fn curl_command(
             shell_quote(&format!("{name}: {value}"))
         ));
     }
-    cmd.push_str(&format!(
-        " \\\n  --data-binary {}",
-        shell_quote(&String::from_utf8_lossy(&signed.body))
-    ));
+    cmd.push_str(&format!(" \\\n  --data-binary {data}"));
     Ok(cmd)
+}
+
+/// A quoted `printf` format that prints `bytes` exactly: printable ASCII as is (but `%`, `\`
+/// and `'`), every other byte as a three-digit octal escape.
+fn printf_format(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2 + 2);
+    out.push('\'');
+    for &b in bytes {
+        match b {
+            b'%' | b'\\' | b'\'' => out.push_str(&format!("\\{b:03o}")),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\{b:03o}")),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// Single-quotes `s` for a POSIX shell.
@@ -84,6 +100,20 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `printf` prints back exactly the bytes, whatever they are.
+    #[test]
+    fn binary_bodies_are_printed_exactly() {
+        let bytes: Vec<u8> = (0u8..=255)
+            .chain(b"%s %% \\ ' \n".iter().copied())
+            .collect();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf {}", printf_format(&bytes)))
+            .output()
+            .expect("sh");
+        assert_eq!(out.stdout, bytes);
+    }
 
     #[test]
     fn quoting() {

@@ -1,4 +1,7 @@
 //! The contract, end to end: the real binary between a raw HTTP client and a real upstream.
+//!
+//! Longer than 500 lines: one end-to-end test per row of the contract's core behaviour, sharing
+//! one harness.
 
 mod common;
 

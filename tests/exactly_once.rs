@@ -20,6 +20,9 @@
 //!
 //! `cargo test` runs N = 1500 per backend; `scripts/exactly_once.sh` (the ignored tests) runs
 //! N = 10000 or `HOOKGUARD_EXACTLY_ONCE_N`.
+//!
+//! Longer than 500 lines: the exactly-once client, the flapping upstream and their accounting
+//! are one machine.
 
 mod common;
 
@@ -523,6 +526,10 @@ fn exactly_once_memory_backend_under_a_flapping_upstream() {
     memory(1500);
 }
 
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
 #[test]
 fn exactly_once_redis_backend_two_replicas_under_a_flapping_upstream() {
     redis(

@@ -1,4 +1,7 @@
 //! Operating hookguard: reload, sign, check, secrets from files, allow_ips, logs and metrics.
+//!
+//! Longer than 500 lines: one test per operational promise (signals, reload, check, probe,
+//! logs), sharing the process harness.
 
 mod common;
 

@@ -1,6 +1,9 @@
 //! The providers end to end: the real binary between a raw HTTP client and a real upstream.
 //! Signatures here are computed with the `hmac`, `sha2`, `p256` and `base64` crates directly,
 //! independently of hookguard's provider code.
+//!
+//! Longer than 500 lines: one end-to-end test per provider, each with the signing code it
+//! needs.
 
 mod common;
 

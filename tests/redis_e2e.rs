@@ -39,6 +39,10 @@ fn wait_connected(proxy: &Proxy) {
     }
 }
 
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
 #[test]
 fn the_same_message_sent_to_two_replicas_at_once_is_forwarded_once() {
     let Some(redis) =
@@ -82,6 +86,10 @@ fn the_same_message_sent_to_two_replicas_at_once_is_forwarded_once() {
     );
 }
 
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
 #[test]
 fn after_a_500_through_one_replica_the_retry_through_the_other_is_forwarded() {
     let Some(redis) = TestRedis::shared(
@@ -161,6 +169,10 @@ fn an_unreachable_store_answers_503_with_reject_and_forwards_with_allow() {
     }
 }
 
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
 #[test]
 fn redis_stopping_turns_requests_into_503_until_it_is_back() {
     let Some(mut redis) =
@@ -248,6 +260,10 @@ fn check_shows_the_store_without_its_password() {
 /// yes`): two replicas share the store over TLS. A replica that does not trust the CA, or
 /// has no client certificate, cannot reach the store and refuses with 503 rather than
 /// forwarding unguarded; nothing it refuses reaches the upstream.
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
 #[test]
 fn replicas_share_a_tls_redis_and_an_untrusted_server_is_not_used() {
     let Some(redis) =

@@ -36,32 +36,13 @@ pub fn criterion() -> Criterion<Clock> {
     })
 }
 
-#[repr(C)]
-struct Timespec {
-    tv_sec: i64,
-    tv_nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-}
-
-const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-
 impl Clock {
     fn now(&self) -> Duration {
         if self.wall {
             return self.origin.elapsed();
         }
-        let mut ts = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec (64-bit Linux layout); the clock id is
-        // Linux's CLOCK_THREAD_CPUTIME_ID.
-        let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        // CPU time of this thread (CLOCK_THREAD_CPUTIME_ID), through the cpu-time crate.
+        cpu_time::ThreadTime::now().as_duration()
     }
 }
 

@@ -1,11 +1,9 @@
 //! The loader: YAML (already parsed and `${...}`-expanded) to validated types, every error
-//! collected with its position. Route options are handed to the route's provider type
-//! through [`providers::dispatch`]: the provider takes typed options, this module does the
-//! YAML.
+//! collected with its position. The top level and timeouts are here; routes are in
+//! `routes`, the replay settings in `replay`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -14,12 +12,12 @@ use serde_yaml::{Mapping, Value};
 use super::expand::{self, Environment};
 use super::introspect::struct_fields;
 use super::positions::{Pos, Positions, YPath};
-use super::raw::{RawRoute, RawTimeouts, TOP_LEVEL_KEYS};
+use super::raw::{RawTimeouts, TOP_LEVEL_KEYS};
 use super::{
-    Config, ConfigError, ConfigErrors, ForwardBody, Route, RouteTable, Timeouts, Upstream,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
+    Config, ConfigError, ConfigErrors, RouteTable, Timeouts, Upstream, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HEADER_BYTES,
 };
-use crate::providers::{self, OptionError, Provider, ProviderFactory, Visit};
+use crate::providers::{self};
 
 /// Option keys, beyond the providers' own, whose values are secret material.
 const SECRET_CONFIG_KEYS: &[&str] = &["redis_url"];
@@ -83,7 +81,7 @@ impl<'a> Loader<'a> {
         }
     }
 
-    fn error(&mut self, pos: Option<Pos>, message: String) {
+    pub(super) fn error(&mut self, pos: Option<Pos>, message: String) {
         self.errors.push(ConfigError {
             file: self.origin.to_owned(),
             pos,
@@ -281,7 +279,7 @@ impl<'a> Loader<'a> {
         }
     }
 
-    fn upstream(&mut self, url: &str, path: &YPath) -> Option<Upstream> {
+    pub(super) fn upstream(&mut self, url: &str, path: &YPath) -> Option<Upstream> {
         match parse_upstream(url) {
             Ok(addr) => Some(Upstream {
                 url: url.trim_end_matches('/').to_owned(),
@@ -300,7 +298,7 @@ impl<'a> Loader<'a> {
     }
 
     /// CIDR ranges (`203.0.113.0/24`), or single addresses taken as /32 or /128.
-    fn networks(&mut self, list: &[String], path: &YPath) -> Vec<IpNet> {
+    pub(super) fn networks(&mut self, list: &[String], path: &YPath) -> Vec<IpNet> {
         let mut nets = Vec::with_capacity(list.len());
         for (i, text) in list.iter().enumerate() {
             let parsed = text
@@ -352,202 +350,6 @@ impl<'a> Loader<'a> {
             }
         }
         t
-    }
-
-    fn routes(
-        &mut self,
-        top: &Mapping,
-        default_upstream: Option<&Upstream>,
-        upstream_given: bool,
-    ) -> Vec<Route> {
-        let base = YPath::root().key("routes");
-        let items = match top.get("routes") {
-            Some(Value::Sequence(items)) => items.clone(),
-            Some(Value::Null) | None => {
-                self.error(
-                    None,
-                    "no `routes`: hookguard needs at least one route to protect".into(),
-                );
-                return Vec::new();
-            }
-            Some(_) => {
-                self.error_at_value(&base, "`routes` must be a list of routes".into());
-                return Vec::new();
-            }
-        };
-        let mut routes = Vec::new();
-        let mut names: HashMap<String, usize> = HashMap::new();
-        let mut paths: HashMap<String, usize> = HashMap::new();
-        for (i, item) in items.into_iter().enumerate() {
-            let here = base.index(i);
-            let Some(route) = self.route(item, &here, default_upstream, upstream_given) else {
-                continue;
-            };
-            if let Some(first) = names.insert(route.name.clone(), i) {
-                let shown = self.shown(&here.key("name"), &route.name);
-                self.error_at_value(
-                    &here.key("name"),
-                    format!("route name {shown} is already used by routes[{first}]"),
-                );
-            }
-            if let Some(first) = paths.insert(route.path.clone(), i) {
-                let shown = self.shown(&here.key("path"), &route.path);
-                self.error_at_value(
-                    &here.key("path"),
-                    format!("path {shown} is already routed by routes[{first}]"),
-                );
-            }
-            routes.push(route);
-        }
-        routes
-    }
-
-    fn route(
-        &mut self,
-        item: Value,
-        here: &YPath,
-        default_upstream: Option<&Upstream>,
-        upstream_given: bool,
-    ) -> Option<Route> {
-        let Value::Mapping(map) = item else {
-            self.error_at_value(here, format!("`{here}` must be a mapping"));
-            return None;
-        };
-        let common_keys = struct_fields::<RawRoute>();
-        let (mut common, mut specific) = (Mapping::new(), Mapping::new());
-        for (k, v) in map {
-            if k.as_str().is_some_and(|k| common_keys.contains(&k)) {
-                common.insert(k, v);
-            } else {
-                specific.insert(k, v);
-            }
-        }
-        let raw: RawRoute = self.de(Value::Mapping(common), here)?;
-
-        let Some(name) = providers::dispatch(&raw.provider, CanonicalName) else {
-            let known: Vec<&str> = providers::NAMES.iter().map(|(n, _)| *n).collect();
-            let shown = self.shown(&here.key("provider"), &raw.provider);
-            self.error_at_value(
-                &here.key("provider"),
-                format!("unknown provider {shown} (known: {})", known.join(", ")),
-            );
-            return None;
-        };
-        let provider_keys = providers::dispatch(name, OptionKeys).unwrap_or_default();
-        let mut all_keys: Vec<&str> = common_keys.to_vec();
-        all_keys.extend_from_slice(provider_keys);
-        self.unknown_keys(&specific, here, &all_keys, &format!("a `{name}` route"));
-        specific.retain(|k, _| k.as_str().is_some_and(|k| provider_keys.contains(&k)));
-
-        let built = providers::dispatch(name, FromYaml(Value::Mapping(specific)));
-        let provider = match built {
-            Some(Ok(p)) => Some(p),
-            Some(Err(BuildError::Deserialize(e))) => {
-                let at = here.join_serde(e.path());
-                let message = self.describe(&at, e.inner());
-                self.error_at_value(&at, message);
-                None
-            }
-            Some(Err(BuildError::Invalid(errors))) => {
-                for e in errors {
-                    let at = here.key(e.key);
-                    // A provider's message may quote the value; an expanded one is not shown.
-                    let message = if self.is_expanded(&at) {
-                        "invalid value (from ${...}, not shown)".to_owned()
-                    } else {
-                        e.message
-                    };
-                    self.error_at_value(&at, format!("`{at}`: {message}"));
-                }
-                None
-            }
-            None => None,
-        };
-
-        if !raw.path.starts_with('/') || raw.path.contains('?') || raw.path.contains('#') {
-            self.error_at_value(
-                &here.key("path"),
-                format!(
-                    "`{}`: a path starts with `/` and has no query",
-                    here.key("path")
-                ),
-            );
-        }
-        if let Some(up) = &raw.upstream_path {
-            if !up.starts_with('/') {
-                self.error_at_value(
-                    &here.key("upstream_path"),
-                    format!("`{}`: must start with `/`", here.key("upstream_path")),
-                );
-            }
-        }
-        let upstream = match &raw.upstream {
-            Some(url) => self.upstream(url, &here.key("upstream")),
-            None => {
-                if !upstream_given {
-                    self.error_at_value(
-                        here,
-                        format!("`{here}` has no `upstream`, and there is no top-level `upstream`"),
-                    );
-                }
-                default_upstream.cloned()
-            }
-        };
-        let allow_ips = raw
-            .allow_ips
-            .as_ref()
-            .map(|list| self.networks(list, &here.key("allow_ips")));
-        Some(Route {
-            allow_ips,
-            name: raw.name,
-            path: raw.path,
-            provider_name: name,
-            provider: provider?,
-            upstream: upstream?,
-            upstream_path: raw.upstream_path,
-            forward_body: raw.forward_body.unwrap_or(ForwardBody::Json),
-        })
-    }
-}
-
-/// The canonical name of a provider named by its name or an alias.
-struct CanonicalName;
-
-impl Visit for CanonicalName {
-    type Output = &'static str;
-    fn visit<P: ProviderFactory>(self, name: &'static str) -> &'static str {
-        name
-    }
-}
-
-/// The route keys a provider takes besides the common ones.
-struct OptionKeys;
-
-impl Visit for OptionKeys {
-    type Output = &'static [&'static str];
-    fn visit<P: ProviderFactory>(self, _: &'static str) -> Self::Output {
-        struct_fields::<P::Options>()
-    }
-}
-
-/// Why a provider could not be built from its options.
-enum BuildError {
-    /// The options do not deserialize (with the path inside them).
-    Deserialize(serde_path_to_error::Error<serde_yaml::Error>),
-    /// They do, but the provider refuses them.
-    Invalid(Vec<OptionError>),
-}
-
-/// Builds a provider from its route options, as YAML.
-struct FromYaml(Value);
-
-impl Visit for FromYaml {
-    type Output = Result<Arc<dyn Provider>, BuildError>;
-    fn visit<P: ProviderFactory>(self, _: &'static str) -> Self::Output {
-        let options: P::Options =
-            serde_path_to_error::deserialize(self.0).map_err(BuildError::Deserialize)?;
-        let provider = P::from_options(options).map_err(BuildError::Invalid)?;
-        Ok(Arc::new(provider))
     }
 }
 

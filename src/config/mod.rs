@@ -23,6 +23,7 @@ mod load;
 pub mod positions;
 mod raw;
 mod replay;
+mod routes;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,3 +1,7 @@
+//! The config loader's tests.
+//!
+//! Longer than 500 lines: one test per rule and error message, sharing one set of helpers.
+
 use std::collections::HashMap;
 
 use super::expand::Environment;

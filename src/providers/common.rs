@@ -121,6 +121,44 @@ pub fn hmac_sign<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+/// The HMAC hash functions providers use (`hmac`'s `algorithm` option; Twilio's settings).
+pub enum Algorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl Algorithm {
+    /// The MAC's length in bytes.
+    pub fn mac_len(self) -> usize {
+        match self {
+            Algorithm::Sha1 => 20,
+            Algorithm::Sha256 => 32,
+            Algorithm::Sha512 => 64,
+        }
+    }
+
+    /// Whether the MAC of `parts` under `key` is `sig`, compared in constant time.
+    pub fn matches(self, key: &[u8], parts: &[&[u8]], sig: &[u8]) -> bool {
+        match self {
+            Algorithm::Sha1 => hmac_matches::<HmacSha1>(key, parts, sig),
+            Algorithm::Sha256 => hmac_matches::<HmacSha256>(key, parts, sig),
+            Algorithm::Sha512 => hmac_matches::<HmacSha512>(key, parts, sig),
+        }
+    }
+
+    /// The MAC of `parts` under `key` (for `hookguard sign`).
+    pub fn sign(self, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        match self {
+            Algorithm::Sha1 => hmac_sign::<HmacSha1>(key, parts),
+            Algorithm::Sha256 => hmac_sign::<HmacSha256>(key, parts),
+            Algorithm::Sha512 => hmac_sign::<HmacSha512>(key, parts),
+        }
+    }
+}
+
 /// How long keys of providers that sign no timestamp are remembered, unless `ttl` says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 

@@ -18,6 +18,9 @@
 //!
 //! Message identity: the signed `id_header` value (kept across the sender's retries), else
 //! the signed payload. `X-Webhook-Id`: the id, else the smallest matching signature (hex).
+//!
+//! Longer than 500 lines: about 430 lines of code (the template parser and the scheme) and its
+//! unit tests; splitting the parser out would separate it from the one scheme it serves.
 
 pub const NAME: &str = "hmac";
 
@@ -26,46 +29,11 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::{
-    check_window, hmac_matches, hmac_sign, identity_of, parse_unix, positive, require_secrets,
-    unix_now, HmacSha1, HmacSha256, HmacSha512, Inbound, Keyring, OptionError, Provider,
-    ProviderFactory, PublicUrl, SignError, SignRequest, Signed, Verified, VerifyError, DEFAULT_TTL,
-    FIVE_MINUTES,
+    check_window, identity_of, parse_unix, positive, require_secrets, unix_now, Algorithm, Inbound,
+    Keyring, OptionError, Provider, ProviderFactory, PublicUrl, SignError, SignRequest, Signed,
+    Verified, VerifyError, DEFAULT_TTL, FIVE_MINUTES,
 };
 use crate::secret::{Secret, Secrets};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Algorithm {
-    Sha1,
-    Sha256,
-    Sha512,
-}
-
-impl Algorithm {
-    fn len(self) -> usize {
-        match self {
-            Algorithm::Sha1 => 20,
-            Algorithm::Sha256 => 32,
-            Algorithm::Sha512 => 64,
-        }
-    }
-
-    fn matches(self, key: &[u8], parts: &[&[u8]], sig: &[u8]) -> bool {
-        match self {
-            Algorithm::Sha1 => hmac_matches::<HmacSha1>(key, parts, sig),
-            Algorithm::Sha256 => hmac_matches::<HmacSha256>(key, parts, sig),
-            Algorithm::Sha512 => hmac_matches::<HmacSha512>(key, parts, sig),
-        }
-    }
-
-    fn sign(self, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-        match self {
-            Algorithm::Sha1 => hmac_sign::<HmacSha1>(key, parts),
-            Algorithm::Sha256 => hmac_sign::<HmacSha256>(key, parts),
-            Algorithm::Sha512 => hmac_sign::<HmacSha512>(key, parts),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -324,7 +292,7 @@ impl Provider for GenericHmac {
         let value = req
             .header(self.header.as_str())
             .ok_or(VerifyError::MissingSignature)?;
-        let len = self.algorithm.len();
+        let len = self.algorithm.mac_len();
         let signatures: Vec<Vec<u8>> = candidates(value, &self.prefix)
             .into_iter()
             .filter_map(|c| self.encoding.decode(c, len))
@@ -466,6 +434,7 @@ impl Provider for GenericHmac {
 mod tests {
     use super::*;
     use crate::providers::testing::*;
+    use crate::providers::{hmac_sign, HmacSha256, HmacSha512};
 
     const KEY: &str = "generic-secret";
     const T: i64 = 1_700_000_000;

@@ -24,9 +24,9 @@ use std::time::{Duration, SystemTime};
 use subtle::ConstantTimeEq;
 
 use super::{
-    base64, decode_base64, hmac_matches, hmac_sign, identity_of, positive, query, require_secrets,
-    sha256_hex, HmacSha1, HmacSha256, Inbound, Keyring, OptionError, Provider, ProviderFactory,
-    PublicUrl, SignError, SignRequest, Signed, Verified, VerifyError, DEFAULT_TTL,
+    base64, decode_base64, hmac_sign, identity_of, positive, query, require_secrets, sha256_hex,
+    Algorithm, HmacSha1, Inbound, Keyring, OptionError, Provider, ProviderFactory, PublicUrl,
+    SignError, SignRequest, Signed, Verified, VerifyError, DEFAULT_TTL,
 };
 use crate::body::MediaType;
 use crate::secret::Secret;
@@ -62,12 +62,6 @@ impl ProviderFactory for Twilio {
             _ => Err(errors),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Algorithm {
-    Sha1,
-    Sha256,
 }
 
 /// The algorithm named by `X-Twilio-Webhooks-Signature-Settings`; SHA-1 without one.
@@ -139,10 +133,7 @@ fn sorted_params(fields: impl IntoIterator<Item = (String, String)>) -> String {
 impl Provider for Twilio {
     fn verify(&self, req: &Inbound<'_>, _now: SystemTime) -> Result<Verified, VerifyError> {
         let alg = algorithm(req).ok_or(VerifyError::MissingSignature)?;
-        let len = match alg {
-            Algorithm::Sha1 => 20,
-            Algorithm::Sha256 => 32,
-        };
+        let len = alg.mac_len();
         let sig = req
             .header(SIGNATURE)
             .and_then(|h| decode_base64(h, len))
@@ -189,11 +180,7 @@ impl Provider for Twilio {
             body_ok
                 && urls.iter().any(|u| {
                     let parts: [&[u8]; 2] = [u.as_bytes(), params.as_bytes()];
-                    let key = s.expose().as_bytes();
-                    match alg {
-                        Algorithm::Sha1 => hmac_matches::<HmacSha1>(key, &parts, &sig),
-                        Algorithm::Sha256 => hmac_matches::<HmacSha256>(key, &parts, &sig),
-                    }
+                    alg.matches(s.expose().as_bytes(), &parts, &sig)
                 })
         });
         // The identity uses the URL as configured, whichever port spelling Twilio signed.
@@ -265,6 +252,7 @@ pub fn signature(secret: &str, url: &str, form: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::providers::testing::*;
+    use crate::providers::{hmac_sign, HmacSha256};
 
     const KEY: &str = "12345";
     const URL: &str = "https://mycompany.com/myapp.php";

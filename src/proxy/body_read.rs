@@ -11,8 +11,15 @@ use pingora::ErrorType;
 pub enum BodyRead {
     TooLarge,
     TimedOut,
+    /// The body's framing is invalid (a chunk size that is not hex, overflows, ...): the
+    /// client gets a 400 and the connection is closed.
+    Malformed,
+    /// The connection broke: nobody to answer.
     Broken,
 }
+
+/// Pingora's error for invalid chunked framing (its constant is not public).
+const INVALID_CHUNK: ErrorType = ErrorType::new("InvalidChunk");
 
 /// Reads the whole body, stopping as soon as it passes `max` bytes, within `deadline`.
 pub async fn read_body(
@@ -31,6 +38,7 @@ pub async fn read_body(
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) if e.etype() == &ErrorType::ReadTimedout => return Err(BodyRead::TimedOut),
+                Err(e) if e.etype() == &INVALID_CHUNK => return Err(BodyRead::Malformed),
                 Err(_) => return Err(BodyRead::Broken),
             };
             total += chunk.len();

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use http::header::HeaderValue;
 use http::Version;
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use pingora::http::RequestHeader;
 use pingora::Result;
 
@@ -125,24 +126,15 @@ pub fn upstream_request(client: &RequestHeader, f: &Forwarding<'_>) -> Result<Re
     Ok(req)
 }
 
-/// A header value for text that should be one: printable ASCII is kept, anything else
-/// (a key from a JSON body may hold anything) is percent-encoded.
+/// Bytes percent-encoded in a header value hookguard writes: controls, space, `%` and
+/// everything outside ASCII (a key from a JSON body may hold anything).
+const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%');
+
+/// `text` as a header value: visible ASCII as is, anything else percent-encoded.
 fn header_safe(text: &str) -> HeaderValue {
-    if let Ok(v) = HeaderValue::from_str(text) {
-        if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return v;
-        }
-    }
-    let mut out = String::with_capacity(text.len() * 3);
-    for b in text.bytes() {
-        if (0x21..0x7f).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    let encoded = utf8_percent_encode(text, ENCODED).to_string();
     // Only visible ASCII remains.
-    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]
@@ -200,6 +192,7 @@ mod tests {
         assert_eq!(get("x-webhook-provider").as_deref(), Some("mailgun"));
         assert_eq!(get("x-webhook-route").as_deref(), Some("mg"));
         assert_eq!(get("x-webhook-id").as_deref(), Some("tok%20en%0A"));
+        assert_eq!(header_safe("a%b é").to_str().unwrap(), "a%25b%20%C3%A9");
         assert_eq!(get("x-webhook-timestamp").as_deref(), Some("1700000000"));
         assert_eq!(
             get("x-forwarded-for").as_deref(),

@@ -185,6 +185,7 @@ async fn handle(
         Ok(b) => b,
         Err(BodyRead::TooLarge) => return reject(session, report, Rejection::BodyTooLarge).await,
         Err(BodyRead::TimedOut) => return reject(session, report, Rejection::ClientTimeout).await,
+        Err(BodyRead::Malformed) => return reject(session, report, Rejection::MalformedBody).await,
         Err(BodyRead::Broken) => return End::Abort,
     };
     let route_metrics = snap.metrics.route(&route.name);

@@ -115,6 +115,10 @@ fn errors(g: &Guard, op: &str) -> u64 {
     g.errors[i].load(Ordering::Relaxed)
 }
 
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_reservations_releases_and_deliveries() {
     let Some(r) = TestRedis::shared("replicas_share_reservations_releases_and_deliveries") else {
@@ -155,6 +159,10 @@ async fn replicas_share_reservations_releases_and_deliveries() {
     assert_eq!(errors(&a, "reserve") + errors(&b, "commit"), 0);
 }
 
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_namespaced_digests_holding_a_nonce_then_delivered() {
     let Some(r) = TestRedis::shared("keys_are_namespaced_digests_holding_a_nonce_then_delivered")
@@ -185,6 +193,10 @@ async fn keys_are_namespaced_digests_holding_a_nonce_then_delivered() {
     assert!(pttl > 60_000 && pttl <= 3_600_000, "full TTL: {pttl}");
 }
 
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_holder_can_neither_free_nor_commit_a_newer_reservation() {
     let Some(r) =
@@ -222,6 +234,10 @@ async fn a_stale_holder_can_neither_free_nor_commit_a_newer_reservation() {
     drop(new1);
 }
 
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_keys_expire_and_the_local_cache_answers_first() {
     let Some(r) = TestRedis::shared("delivered_keys_expire_and_the_local_cache_answers_first")
@@ -256,6 +272,10 @@ async fn delivered_keys_expire_and_the_local_cache_answers_first() {
     assert!(!a.is_empty());
 }
 
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_reservation_is_released_in_the_background() {
     let Some(r) = TestRedis::shared("a_dropped_reservation_is_released_in_the_background") else {
@@ -303,6 +323,10 @@ async fn an_unreachable_store_rejects_or_allows_as_configured() {
     assert_eq!(take(&allow, "k").await.err(), Some(Refused::Delivered));
 }
 
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_store_times_out_and_recovers() {
     let Some(mut r) = TestRedis::private("a_hung_store_times_out_and_recovers") else {
@@ -360,4 +384,50 @@ async fn a_hung_store_times_out_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(errors(&a, "reserve") >= 2);
+}
+
+/// A key released with a body binding (Mailgun) takes back only that body, on any replica.
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_bound_key_takes_back_only_its_body_across_replicas() {
+    let Some(r) = TestRedis::shared("a_released_bound_key_takes_back_only_its_body") else {
+        return;
+    };
+    let prefix = unique_prefix("bound");
+    let (a, b) = pair(&r, &prefix, Duration::from_secs(60)).await;
+    let k = key("bound-token");
+    a.reserve(&k, Some(1), TTL)
+        .await
+        .expect("free")
+        .release()
+        .await;
+    let mut conn = r.conn();
+    let keys: Vec<String> = conn.keys(format!("{prefix}*")).expect("KEYS");
+    let value: String = conn.get(&keys[0]).expect("GET");
+    assert_eq!(
+        value,
+        format!("r:{:032x}", 1u128),
+        "released, bound to body 1"
+    );
+    assert_eq!(
+        b.reserve(&k, Some(2), TTL).await.err(),
+        Some(Refused::InFlight),
+        "another body is refused"
+    );
+    assert_eq!(
+        b.reserve(&k, None, TTL).await.err(),
+        Some(Refused::InFlight)
+    );
+    b.reserve(&k, Some(1), TTL)
+        .await
+        .expect("the same body is taken back")
+        .commit()
+        .await;
+    assert_eq!(
+        a.reserve(&k, Some(1), TTL).await.err(),
+        Some(Refused::Delivered)
+    );
 }
