@@ -8,9 +8,10 @@
 //! - the message's identity, taken **only from signed material** (a signed token or id, or a
 //!   digest of exactly what the signature covers), so no unsigned header can change it.
 //!
-//! A message that several keys of a route verify (a sender signing with an old and a new
-//! secret during rotation) has one key per signer; the guard holds all of them at once, so
-//! dropping or reordering one of the signatures cannot make a copy look new.
+//! A message has one key per key of the route that verified it (see `providers::keyring`: a
+//! sender rotating its secret signs with both the old and the new one, and a copy carrying
+//! either signature alone, on any route that knows either secret, must be the same message);
+//! the guard holds all of them at once.
 
 use std::fmt;
 

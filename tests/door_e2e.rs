@@ -643,6 +643,45 @@ fn stripe_replay_key_is_canonical_under_rotation() {
     );
 }
 
+// Hole 7, found by tests/adversary_model.rs: the first delivery fails; the attacker's copy
+// with only the old signature goes to the route that knows only the old secret and is
+// delivered there; a copy with only the new signature, to the route that knows both, must be
+// the same message. (With keys under the signing secrets only, it was free and delivered
+// again.)
+#[test]
+fn a_message_delivered_under_the_old_secret_is_a_duplicate_under_the_new() {
+    const A: &str = "whsec_door_rot_old";
+    const B: &str = "whsec_door_rot_new";
+    let up = Upstream::start();
+    up.script([Reply::Status(500, "{\"down\":true}")]);
+    let proxy = Proxy::start_config(
+        &TestConfig::new(&up)
+            .route(TestRoute::new("s", "/s", "stripe").secrets(&[A, B]))
+            .route(TestRoute::new("s2", "/s2", "stripe").secrets(&[A])),
+    );
+    let body = format!(r#"{{"id":"evt_{}","object":"event"}}"#, token()).into_bytes();
+    let t = now().to_string();
+    let sig = |key: &str| hex::encode(hmac_sha256(key, &[t.as_bytes(), b".", &body]));
+    let (a, b) = (sig(A), sig(B));
+    let send = |path: &str, header: String| {
+        post(
+            proxy.port,
+            path,
+            &[JSON, ("Stripe-Signature", &header)],
+            &body,
+        )
+    };
+    assert_eq!(send("/s", format!("t={t},v1={a},v1={b}")).status, 500);
+    assert_eq!(send("/s2", format!("t={t},v1={a}")).status, 200);
+    assert_eq!(up.count(), 2);
+    assert_duplicate(
+        &send("/s", format!("t={t},v1={b}")),
+        &up,
+        2,
+        "only the new signature, after delivery under the old secret",
+    );
+}
+
 // Hole 7 (`hmac`).
 #[test]
 fn hmac_replay_key_is_canonical_under_rotation() {

@@ -1,9 +1,14 @@
 //! A route's verifying keys and the message keys of what they verify.
 //!
 //! Every key of a route is tried on every request: the time taken does not tell which one
-//! matched, and every signer of a message is known, so the replay guard can hold one key per
-//! signer (a sender rotating its secret signs with both; dropping or reordering a signature
-//! must not make a copy look new).
+//! matched.
+//!
+//! A verified message gets one replay key per key **of the route**, not only per key that
+//! signed it. A sender rotating its secret signs with both the old and the new one, and an
+//! attacker holding such a request can send either signature alone, to this route or to
+//! another that knows only one of the secrets: the copy must be the same message whichever
+//! secret vouches for it. So the secrets that share a route share a replay namespace (which
+//! also joins a route in the middle of a rotation to the routes still on the old secret).
 
 use super::{SignError, Verified, VerifyError, DEFAULT_TTL};
 use crate::message::{self, SignerId};
@@ -15,8 +20,6 @@ pub fn identity_of(parts: &[&[u8]]) -> [u8; 16] {
 }
 
 /// A route's verifying keys (secrets or public keys), each with its fingerprint.
-/// Verification tries every key: the time taken does not tell which one matched, and every
-/// signer of a message is known (the replay guard holds one key per signer).
 #[derive(Clone)]
 pub struct Keyring<K> {
     entries: Vec<(K, SignerId)>,
@@ -39,12 +42,15 @@ impl<K> Keyring<K> {
     /// The keys that `verifies` accepts, in the route's order. Every key is tried.
     pub fn verifying(&self, mut verifies: impl FnMut(&K) -> bool) -> Signers<'_, K> {
         let mut found = Vec::new();
-        for (key, id) in &self.entries {
+        for (key, _) in &self.entries {
             if verifies(key) {
-                found.push((key, *id));
+                found.push(key);
             }
         }
-        Signers(found)
+        Signers {
+            matched: found,
+            route: self.entries.iter().map(|(_, id)| *id).collect(),
+        }
     }
 
     /// For headers that carry several signatures (a sender rolling its secret signs with
@@ -105,27 +111,31 @@ impl<K> std::fmt::Debug for Keyring<K> {
     }
 }
 
-/// The keys of a route that verified one message.
-pub struct Signers<'a, K>(Vec<(&'a K, SignerId)>);
+/// Which keys of a route verified one message.
+pub struct Signers<'a, K> {
+    matched: Vec<&'a K>,
+    /// Every key of the route, by fingerprint.
+    route: Vec<SignerId>,
+}
 
 impl<'a, K> Signers<'a, K> {
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.matched.is_empty()
     }
 
     /// The first matching key in the route's order (Zoom answers its challenge with it).
     pub fn first(&self) -> Option<&'a K> {
-        self.0.first().map(|(k, _)| *k)
+        self.matched.first().copied()
     }
 
     /// The verdict: `bad_signature` when no key verified the message, else the message named
-    /// by `identity` (signed material only) under `provider`, signed by each of these keys.
+    /// by `identity` (signed material only) under `provider`, with a replay key under every
+    /// key of the route (see the module's comment).
     pub fn message(&self, provider: &str, identity: &[u8]) -> Result<Verified, VerifyError> {
-        if self.0.is_empty() {
+        if self.matched.is_empty() {
             return Err(VerifyError::BadSignature);
         }
-        let ids: Vec<SignerId> = self.0.iter().map(|(_, id)| *id).collect();
-        let keys = message::keys(provider, &ids, identity);
+        let keys = message::keys(provider, &self.route, identity);
         Ok(Verified {
             id: format!("{:032x}", keys[0].0),
             keys,
