@@ -1,9 +1,10 @@
 //! A buffered request body and its fields, parsed at most once and only when asked for.
 //!
-//! Before a request is authenticated, its body may only be *scanned*: [`Body::single_texts`]
-//! finds a few named fields (Mailgun's signature material) without building the others, so a
-//! megabyte of `a&a&a...` costs one pass and no memory. A full parse ([`Body::fields`]) builds
-//! every field and is bounded by `max_body_fields`: a body with more fields is refused.
+//! Providers that keep their signature in the body (Mailgun) read fields from here, and the
+//! normalizer reuses the same parse, so a body is parsed at most once. The parse is bounded by
+//! `max_body_fields`: past that many fields the parse stops and the body is refused, so a
+//! megabyte of `a&a&a...` costs at most `max_body_fields` small fields before it is
+//! authenticated.
 
 use std::sync::OnceLock;
 
@@ -154,51 +155,6 @@ impl Body {
             .as_ref()
             .map_err(Clone::clone)
     }
-
-    /// The text values of the fields called `names`, found in one pass that builds nothing
-    /// else: for each name, `Some` when it occurs exactly once as text, `None` when it is
-    /// absent, repeated (ambiguous: which one would the application read?) or a file.
-    pub fn single_texts<const N: usize>(
-        &self,
-        names: [&str; N],
-    ) -> Result<[Option<String>; N], BodyError> {
-        let mut found: [Slot; N] = std::array::from_fn(|_| Slot::Absent);
-        let mut note = |name: &str, value: Option<String>| {
-            if let Some(i) = names.iter().position(|n| *n == name) {
-                found[i] = match (&found[i], value) {
-                    (Slot::Absent, Some(v)) => Slot::Once(v),
-                    _ => Slot::Unusable,
-                };
-            }
-        };
-        match &self.media {
-            MediaType::Form => {
-                for (name, value) in form_urlencoded::parse(&self.bytes) {
-                    // Only the wanted values are copied out of the body.
-                    if names.contains(&name.as_ref()) {
-                        note(&name, Some(value.into_owned()));
-                    }
-                }
-            }
-            MediaType::Multipart { boundary } => {
-                let wanted = |name: &str| names.contains(&name);
-                scan_multipart(&self.bytes, boundary, wanted, |field, text| {
-                    note(field, text)
-                })?
-            }
-            _ => return Err(BodyError::NotForm),
-        }
-        Ok(found.map(|slot| match slot {
-            Slot::Once(v) => Some(v),
-            Slot::Absent | Slot::Unusable => None,
-        }))
-    }
-}
-
-enum Slot {
-    Absent,
-    Once(String),
-    Unusable,
 }
 
 /// `application/x-www-form-urlencoded`. Every byte string is a valid form (the format has no
@@ -211,8 +167,7 @@ pub fn parse_form(bytes: &[u8]) -> Fields {
 
 /// [`parse_form`], refusing a body of more than `max` fields before building them.
 pub fn parse_form_bounded(bytes: &[u8], max: usize) -> Result<Fields, BodyError> {
-    // Each `&` separates two fields (empty ones are skipped by the parser, so this counts at
-    // least as many as there are): one cheap pass decides before anything is allocated.
+    // Room for the fields the `&` separators announce (at most `max`): one allocation.
     let separators = bytes.iter().filter(|b| **b == b'&').count();
     let mut fields = Vec::with_capacity(separators.min(max) + 1);
     for (name, value) in form_urlencoded::parse(bytes) {
@@ -257,31 +212,6 @@ fn part_bytes(field: multer::Field<'_>) -> Result<Bytes, BodyError> {
         .now_or_never()
         .ok_or_else(|| BodyError::Multipart("incomplete part".into()))?
         .map_err(|e| BodyError::Multipart(e.to_string()))
-}
-
-/// Calls `found(name, text)` for each part whose name is wanted by `wanted`, reading only
-/// those parts' contents (`None` for a file or non-UTF-8 part); the others are skipped.
-fn scan_multipart(
-    bytes: &Bytes,
-    boundary: &str,
-    wanted: impl Fn(&str) -> bool,
-    mut found: impl FnMut(&str, Option<String>),
-) -> Result<(), BodyError> {
-    let mut multipart = multipart_reader(bytes, boundary);
-    while let Some(field) = next_part(&mut multipart)? {
-        let name = field.name().unwrap_or_default().to_owned();
-        if !wanted(&name) {
-            continue; // dropped unread: multer skips to the next boundary
-        }
-        let is_file = field.file_name().is_some();
-        let data = part_bytes(field)?;
-        let text = match (is_file, std::str::from_utf8(&data)) {
-            (false, Ok(t)) => Some(t.to_owned()),
-            _ => None,
-        };
-        found(&name, text);
-    }
-    Ok(())
 }
 
 /// `multipart/form-data`, refusing a body of more than `max` parts.

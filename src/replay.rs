@@ -14,8 +14,10 @@
 //! The guard knows nothing of HTTP or Prometheus: store errors go to an [`ErrorSink`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use crate::config::{OnStoreError, ReplaySettings, ReplayStore};
 use crate::message::MessageKey;
@@ -38,6 +40,31 @@ pub enum Refused {
     Full,
     /// The shared store could not be asked (`on_store_error: reject`).
     StoreUnavailable,
+}
+
+/// The body a message carried, for providers whose signature does not cover it (Mailgun): a
+/// key released after a failed delivery is bound to its digest. The digest is computed only
+/// when it is needed (a release, or a key found released), not on every request.
+pub struct Binding {
+    body: Bytes,
+    digest: OnceLock<u128>,
+}
+
+impl Binding {
+    /// `body` in a canonical form (the normalized JSON), so that a sender re-encoding the same
+    /// fields sends the same body.
+    pub fn new(body: Bytes) -> Self {
+        Binding {
+            body,
+            digest: OnceLock::new(),
+        }
+    }
+
+    pub fn digest(&self) -> u128 {
+        *self
+            .digest
+            .get_or_init(|| crate::message::digest(&[&self.body]))
+    }
 }
 
 /// A call to the shared store, for the error count.
@@ -155,7 +182,7 @@ impl ReplayGuard {
     pub async fn reserve(
         self: &Arc<Self>,
         keys: &[MessageKey],
-        binding: Option<u128>,
+        binding: Option<Binding>,
         remember_for: Duration,
     ) -> Result<Reservation, Refused> {
         let nonce = self.next_nonce.fetch_add(1, Ordering::Relaxed);
@@ -169,8 +196,10 @@ impl ReplayGuard {
         };
         match &self.shared {
             None => {
+                let digest = reservation.binding.as_ref().map(|b| move || b.digest());
+                let digest = digest.as_ref().map(|f| f as &dyn Fn() -> u128);
                 for key in keys {
-                    match self.local.reserve(*key, nonce, binding, self.hold) {
+                    match self.local.reserve(*key, nonce, digest, self.hold) {
                         Ok(()) => reservation.keys.push(*key),
                         // Dropping the reservation frees the keys taken so far.
                         Err(seen) => return Err(refused(seen)),
@@ -184,8 +213,9 @@ impl ReplayGuard {
                     return Err(Refused::Delivered);
                 }
                 let lease = store.nonce(nonce);
+                let digest = reservation.binding.as_ref().map(Binding::digest);
                 for key in keys {
-                    match store.reserve(*key, &lease, binding, self.hold).await {
+                    match store.reserve(*key, &lease, digest, self.hold).await {
                         Ok(Reply::Taken) => reservation.keys.push(*key),
                         Ok(Reply::Delivered) => return Err(Refused::Delivered),
                         Ok(Reply::InFlight | Reply::OtherBody) => return Err(Refused::InFlight),
@@ -234,12 +264,16 @@ pub struct Reservation {
     guard: Arc<ReplayGuard>,
     keys: Vec<MessageKey>,
     nonce: u64,
-    binding: Option<u128>,
+    binding: Option<Binding>,
     remember_for: Duration,
     settled: bool,
 }
 
 impl Reservation {
+    fn binding_digest(&self) -> Option<u128> {
+        self.binding.as_ref().map(Binding::digest)
+    }
+
     /// The upstream accepted the message: refuse copies of it for `remember_for`.
     pub async fn commit(mut self) {
         self.settled = true;
@@ -271,19 +305,26 @@ impl Reservation {
         let g = &self.guard;
         let Some(store) = &g.shared else {
             for key in &self.keys {
-                g.local.release(*key, self.nonce, self.remember_for);
+                g.local
+                    .release(*key, self.nonce, self.binding_digest(), self.remember_for);
             }
             return;
         };
         let lease = store.nonce(self.nonce);
         for key in &self.keys {
             if let Err(e) = store
-                .release(*key, &lease, self.binding, self.remember_for)
+                .release(*key, &lease, self.binding_digest(), self.remember_for)
                 .await
             {
                 (g.errors)(StoreOp::Release);
                 tracing::warn!(error = %e, "replay store: could not release a failed delivery's key; retrying in the background (until then the provider's retries get 409)");
-                store.spawn_release(*key, lease.clone(), self.binding, self.remember_for, g.hold);
+                store.spawn_release(
+                    *key,
+                    lease.clone(),
+                    self.binding_digest(),
+                    self.remember_for,
+                    g.hold,
+                );
             }
         }
     }
@@ -298,7 +339,8 @@ impl Drop for Reservation {
         match &g.shared {
             None => {
                 for key in &self.keys {
-                    g.local.release(*key, self.nonce, self.remember_for);
+                    g.local
+                        .release(*key, self.nonce, self.binding_digest(), self.remember_for);
                 }
             }
             Some(store) => {
@@ -307,7 +349,7 @@ impl Drop for Reservation {
                     store.spawn_release(
                         *key,
                         lease.clone(),
-                        self.binding,
+                        self.binding_digest(),
                         self.remember_for,
                         g.hold,
                     );
@@ -394,14 +436,23 @@ mod tests {
     async fn a_released_bound_key_takes_back_only_its_body() {
         let g = guard();
         let k = keys(&["mailgun"]);
-        g.reserve(&k, Some(1), TTL).await.unwrap().release().await;
+        let body = |b: &'static [u8]| Some(Binding::new(Bytes::from_static(b)));
+        g.reserve(&k, body(b"one"), TTL)
+            .await
+            .unwrap()
+            .release()
+            .await;
         assert_eq!(
-            g.reserve(&k, Some(2), TTL).await.err(),
+            g.reserve(&k, body(b"two"), TTL).await.err(),
             Some(Refused::InFlight)
         );
-        g.reserve(&k, Some(1), TTL).await.unwrap().commit().await;
+        g.reserve(&k, body(b"one"), TTL)
+            .await
+            .unwrap()
+            .commit()
+            .await;
         assert_eq!(
-            g.reserve(&k, Some(1), TTL).await.err(),
+            g.reserve(&k, body(b"one"), TTL).await.err(),
             Some(Refused::Delivered)
         );
     }

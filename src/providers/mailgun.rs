@@ -15,7 +15,7 @@ use super::{
     check_window, hmac_matches, require_secrets, HmacSha256, Inbound, Keyring, OptionError,
     Provider, ProviderFactory, SignError, SignRequest, Signed, Verified, VerifyError,
 };
-use crate::body::{Body, MediaType};
+use crate::body::{Body, BodyError, MediaType};
 use crate::secret::Secret;
 
 pub const NAME: &str = "mailgun";
@@ -51,7 +51,7 @@ pub struct Material {
 
 impl Provider for Mailgun {
     fn verify(&self, req: &Inbound<'_>, now: SystemTime) -> Result<Verified, VerifyError> {
-        let m = material(req.body).ok_or(VerifyError::MissingSignature)?;
+        let m = material(req.body)?.ok_or(VerifyError::MissingSignature)?;
         let timestamp = parse_timestamp(&m.timestamp).ok_or(VerifyError::MissingSignature)?;
         let expected = decode_signature(&m.signature).ok_or(VerifyError::MissingSignature)?;
         check_window(timestamp, now, self.tolerance)?;
@@ -118,25 +118,31 @@ impl Provider for Mailgun {
     }
 }
 
-/// Finds the signature material in a JSON, form or multipart body, before the body is
-/// authenticated: the three fields are picked out in one pass that builds nothing else.
-/// `Ok(None)`: absent, repeated or unparsable.
-pub fn material(body: &Body) -> Option<Material> {
-    match body.media() {
+/// Finds the signature material in a JSON, form or multipart body. Before the body is
+/// authenticated its fields are parsed whole, bounded by `max_body_fields` (a body of more
+/// fields is refused, `413`): the parse is kept for the normalizer, so an authentic body is
+/// parsed once.
+pub fn material(body: &Body) -> Result<Option<Material>, VerifyError> {
+    Ok(match body.media() {
         MediaType::Json | MediaType::Missing => from_json(body.bytes()),
         MediaType::Form | MediaType::Multipart { .. } => {
-            match body.single_texts(["timestamp", "token", "signature"]) {
-                Ok([Some(timestamp), Some(token), Some(signature)]) => Some(Material {
-                    timestamp,
-                    token,
-                    signature,
-                }),
-                // Absent, repeated, or a multipart body that does not parse.
-                Ok(_) | Err(_) => None,
-            }
+            let fields = match body.fields() {
+                Ok(fields) => fields,
+                Err(e @ BodyError::TooManyFields(_)) => return Err(super::field_error(e)),
+                // A multipart body that does not parse carries no signature to read.
+                Err(_) => return Ok(None),
+            };
+            let get = |name: &str| fields.single_text(name).map(str::to_owned);
+            (|| {
+                Some(Material {
+                    timestamp: get("timestamp")?,
+                    token: get("token")?,
+                    signature: get("signature")?,
+                })
+            })()
         }
         MediaType::Other => None,
-    }
+    })
 }
 
 fn from_json(bytes: &[u8]) -> Option<Material> {

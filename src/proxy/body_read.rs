@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use pingora::protocols::http::ServerSession;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use pingora::time::fast_timeout::fast_timeout;
-use pingora::ErrorType;
 
 /// Why a body could not be read.
 pub enum BodyRead {
@@ -18,12 +18,9 @@ pub enum BodyRead {
     Broken,
 }
 
-/// Pingora's error for invalid chunked framing (its constant is not public).
-const INVALID_CHUNK: ErrorType = ErrorType::new("InvalidChunk");
-
 /// Reads the whole body, stopping as soon as it passes `max` bytes, within `deadline`.
 pub async fn read_body(
-    session: &mut ServerSession,
+    mut body: Incoming,
     max: usize,
     declared: Option<usize>,
     deadline: Duration,
@@ -33,13 +30,16 @@ pub async fn read_body(
         let mut first: Option<Bytes> = None;
         let mut joined: Option<BytesMut> = None;
         let mut total = 0usize;
-        loop {
-            let chunk = match session.read_request_body().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) if e.etype() == &ErrorType::ReadTimedout => return Err(BodyRead::TimedOut),
-                Err(e) if e.etype() == &INVALID_CHUNK => return Err(BodyRead::Malformed),
-                Err(_) => return Err(BodyRead::Broken),
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                if e.is_parse() {
+                    BodyRead::Malformed
+                } else {
+                    BodyRead::Broken
+                }
+            })?;
+            let Ok(chunk) = frame.into_data() else {
+                continue; // trailers: not part of the body
             };
             total += chunk.len();
             if total > max {

@@ -1,12 +1,10 @@
 //! The state every connection of the public listener shares: the current config (swapped as
 //! a whole on reload), the replay guard, the metrics and the upstream connection pool.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pingora::upstreams::peer::HttpPeer;
 
 use super::upstream::UpstreamClient;
 use crate::config::Config;
@@ -18,25 +16,12 @@ use crate::replay::ReplayGuard;
 pub struct Snapshot {
     pub config: Config,
     pub(super) metrics: RouteMetricsTable,
-    /// Each route's upstream as a Pingora peer, built once per config.
-    pub(super) peers: HashMap<String, HttpPeer>,
 }
 
 impl Snapshot {
     fn new(config: Config, metrics: &Metrics) -> Self {
-        let peers = config
-            .routes
-            .iter()
-            .map(|r| {
-                (
-                    r.name.clone(),
-                    UpstreamClient::peer(&r.upstream, &config.timeouts),
-                )
-            })
-            .collect();
         Snapshot {
             metrics: metrics.for_config(&config),
-            peers,
             config,
         }
     }
@@ -61,7 +46,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             replay,
             metrics,
-            upstream: UpstreamClient::new(256),
+            upstream: UpstreamClient::new(),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
         })
@@ -93,18 +78,19 @@ impl Gateway {
     }
 }
 
-/// Counts a request as in flight for as long as it lives.
-pub(super) struct InFlight<'a>(&'a Gateway);
+/// Counts a request as in flight for as long as it lives (handed on to the task that
+/// finishes its exchange with the upstream, should the client leave first).
+pub(super) struct InFlight(Arc<Gateway>);
 
-impl<'a> InFlight<'a> {
-    pub(super) fn enter(g: &'a Gateway) -> Self {
+impl InFlight {
+    pub(super) fn enter(g: &Arc<Gateway>) -> Self {
         g.in_flight.fetch_add(1, Ordering::AcqRel);
         g.metrics.in_flight.inc();
-        InFlight(g)
+        InFlight(Arc::clone(g))
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.in_flight.dec();

@@ -8,11 +8,11 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::HeaderValue;
-use http::Version;
+use http::{HeaderMap, Request, Version};
+use http_body_util::Full;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
-use pingora::http::RequestHeader;
-use pingora::Result;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones
 /// hookguard answers or recomputes itself (`Expect`, `Content-Length`).
@@ -59,19 +59,16 @@ pub struct Forwarding<'a> {
     pub path_and_query: &'a str,
     /// `Some` replaces the content type (normalized JSON).
     pub content_type: Option<&'static str>,
-    pub content_length: usize,
 }
 
-/// Builds the upstream request header from the client's: one pass over its headers, copying
-/// the ones that describe the message.
-pub fn upstream_request(client: &RequestHeader, f: &Forwarding<'_>) -> Result<RequestHeader> {
-    let mut req = RequestHeader::build_no_case(
-        client.method.clone(),
-        f.path_and_query.as_bytes(),
-        Some(client.headers.len() + 6),
-    )?;
-    req.set_version(Version::HTTP_11);
-
+/// Builds the upstream request from the client's head: one pass over its headers, copying
+/// the ones that describe the message, then hookguard's own.
+pub fn upstream_request(
+    client: &http::request::Parts,
+    f: &Forwarding<'_>,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    let mut headers = HeaderMap::with_capacity(client.headers.len() + 6);
     // Headers named in `Connection` are hop-by-hop too (rare beyond keep-alive and close).
     let listed: Vec<String> = client
         .headers
@@ -93,19 +90,19 @@ pub fn upstream_request(client: &RequestHeader, f: &Forwarding<'_>) -> Result<Re
             || (f.content_type.is_some() && name == http::header::CONTENT_TYPE)
             || listed.iter().any(|l| l == n);
         if !dropped {
-            req.append_header(name.clone(), value.clone())?;
+            headers.append(name.clone(), value.clone());
         }
     }
 
     if let Some(ct) = f.content_type {
-        req.insert_header(http::header::CONTENT_TYPE, ct)?;
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
     }
-    req.insert_header(http::header::CONTENT_LENGTH, f.content_length)?;
-    req.insert_header("x-webhook-provider", f.provider)?;
-    req.insert_header("x-webhook-route", header_safe(f.route))?;
-    req.insert_header("x-webhook-id", header_safe(f.id))?;
+    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert("x-webhook-provider", header_safe(f.provider));
+    headers.insert("x-webhook-route", header_safe(f.route));
+    headers.insert("x-webhook-id", header_safe(f.id));
     if let Some(ts) = f.timestamp {
-        req.insert_header("x-webhook-timestamp", ts)?;
+        headers.insert("x-webhook-timestamp", HeaderValue::from(ts));
     }
     let prior: Vec<&str> = client
         .headers
@@ -115,14 +112,22 @@ pub fn upstream_request(client: &RequestHeader, f: &Forwarding<'_>) -> Result<Re
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .collect();
-    match (f.peer_ip, prior.is_empty()) {
-        (Some(ip), true) => req.insert_header("x-forwarded-for", ip.to_string())?,
-        (Some(ip), false) => {
-            req.insert_header("x-forwarded-for", format!("{}, {ip}", prior.join(", ")))?
-        }
-        (None, false) => req.insert_header("x-forwarded-for", prior.join(", "))?,
-        (None, true) => {}
+    let forwarded_for = match (f.peer_ip, prior.is_empty()) {
+        (Some(ip), true) => Some(ip.to_string()),
+        (Some(ip), false) => Some(format!("{}, {ip}", prior.join(", "))),
+        (None, false) => Some(prior.join(", ")),
+        (None, true) => None,
+    };
+    if let Some(v) = forwarded_for {
+        headers.insert("x-forwarded-for", HeaderValue::from_str(&v)?);
     }
+
+    let mut req = Request::builder()
+        .method(client.method.clone())
+        .uri(f.path_and_query)
+        .version(Version::HTTP_11)
+        .body(Full::new(body))?;
+    *req.headers_mut() = headers;
     Ok(req)
 }
 
@@ -141,29 +146,31 @@ fn header_safe(text: &str) -> HeaderValue {
 mod tests {
     use super::*;
 
-    fn client() -> RequestHeader {
-        let mut h = RequestHeader::build("POST", b"/in?x=1", None).unwrap();
-        h.insert_header("Host", "example.com").unwrap();
-        h.insert_header("Content-Type", "application/x-www-form-urlencoded")
-            .unwrap();
-        h.insert_header("Content-Length", "999").unwrap();
-        h.insert_header("Connection", "keep-alive, X-Secret-Hop")
-            .unwrap();
-        h.insert_header("X-Secret-Hop", "1").unwrap();
-        h.insert_header("Expect", "100-continue").unwrap();
-        h.insert_header("X-Webhook-Id", "spoofed").unwrap();
-        h.insert_header("x-webhook-provider", "spoofed").unwrap();
-        h.insert_header("X-Forwarded-For", "10.0.0.1").unwrap();
-        h.append_header("X-Forwarded-For", "10.0.0.2").unwrap();
-        h.insert_header("User-Agent", "mailgun").unwrap();
-        h.insert_header("X_Webhook_Id", "evil").unwrap();
-        h.insert_header("x_WEBHOOK_route", "evil").unwrap();
-        h.insert_header("X_Forwarded_For", "6.6.6.6").unwrap();
-        h.insert_header("Forwarded", "for=6.6.6.6").unwrap();
-        h.insert_header("X-Real-IP", "6.6.6.6").unwrap();
-        h.insert_header("Authorization", "Basic aG9vazpwdw==")
-            .unwrap();
-        h
+    fn client() -> http::request::Parts {
+        let pairs = [
+            ("Host", "example.com"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Content-Length", "999"),
+            ("Connection", "keep-alive, X-Secret-Hop"),
+            ("X-Secret-Hop", "1"),
+            ("Expect", "100-continue"),
+            ("X-Webhook-Id", "spoofed"),
+            ("x-webhook-provider", "spoofed"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("X-Forwarded-For", "10.0.0.2"),
+            ("User-Agent", "mailgun"),
+            ("X_Webhook_Id", "evil"),
+            ("x_WEBHOOK_route", "evil"),
+            ("X_Forwarded_For", "6.6.6.6"),
+            ("Forwarded", "for=6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("Authorization", "Basic aG9vazpwdw=="),
+        ];
+        let mut b = Request::builder().method("POST").uri("/in?x=1");
+        for (n, v) in pairs {
+            b = b.header(n, v);
+        }
+        b.body(()).unwrap().into_parts().0
     }
 
     #[test]
@@ -177,11 +184,10 @@ mod tests {
             consumed: &["authorization"],
             path_and_query: "/up?x=1",
             content_type: Some("application/json"),
-            content_length: 42,
         };
-        let req = upstream_request(&client(), &f).unwrap();
-        let get = |n: &str| req.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!(req.uri.to_string(), "/up?x=1");
+        let req = upstream_request(&client(), &f, Bytes::from_static(&[b'x'; 42])).unwrap();
+        let get = |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(req.uri().to_string(), "/up?x=1");
         assert_eq!(get("host").as_deref(), Some("example.com"));
         assert_eq!(get("user-agent").as_deref(), Some("mailgun"));
         assert_eq!(get("content-type").as_deref(), Some("application/json"));
@@ -198,9 +204,9 @@ mod tests {
             get("x-forwarded-for").as_deref(),
             Some("10.0.0.1, 10.0.0.2, 127.0.0.2")
         );
-        assert_eq!(req.headers.get_all("x-webhook-id").iter().count(), 1);
+        assert_eq!(req.headers().get_all("x-webhook-id").iter().count(), 1);
         // No spelling of a header hookguard asserts survives, nor the consumed credentials.
-        for (name, _) in req.headers.iter() {
+        for (name, _) in req.headers().iter() {
             let c = canonical(name.as_str()).into_owned();
             assert!(
                 !c.starts_with("x-webhook-") || name.as_str() == c,

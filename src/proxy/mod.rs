@@ -1,17 +1,18 @@
-//! The public listener: a Pingora HTTP application that buffers each webhook, has it verified,
-//! and forwards the authentic ones upstream. The one place where outcomes become HTTP.
+//! The public listener: buffers each webhook, has it verified, and forwards the authentic
+//! ones upstream. The one place where outcomes become HTTP.
 //!
-//! A request goes down this file in one straight line: read the head; [`admission`] decides
-//! what the head alone can (route, method, client address, sizes); the body is read
-//! ([`body_read`]); the route's provider verifies it; the replay guard reserves the message's
-//! keys; the upstream request is built ([`headers`]) and sent over pooled connections
-//! ([`upstream`]); the keys are committed on 2xx or released; the answer goes back
-//! ([`respond`]). [`gateway`] holds what all connections share.
+//! Pingora runs the server: its listeners (TCP, and TLS when served), signals, graceful
+//! shutdown and upgrade. Each accepted connection is handed to [`GatewayApp`] (a Pingora
+//! [`ServerApp`]), which speaks HTTP/1 on it with hyper, a widely deployed codec that writes a
+//! response's head and body in one `writev`: Pingora's own HTTP/1 session flushed them apart
+//! and cost about twice nginx's CPU per request (bench/README.md has the measurements).
 //!
-//! This is a Pingora [`HttpServerApp`] rather than a `ProxyHttp` implementation: Pingora's proxy
-//! phases forward the request body as it streams in, so a body cannot be verified before the
-//! upstream is contacted, nor replaced by its normalized form, without the subrequest detour
-//! (pingora#349, #688).
+//! A request goes down this file in one straight line: [`admission`] decides what the head
+//! alone can (route, method, client address, sizes); the body is read ([`body_read`]); the
+//! route's provider verifies it; the replay guard reserves the message's keys; the upstream
+//! request is built ([`headers`]) and sent over pooled connections ([`upstream`]); the keys are
+//! committed on 2xx or released; the answer goes back ([`respond`]). [`gateway`] holds what
+//! all connections share.
 
 pub mod admission;
 mod body_read;
@@ -20,103 +21,82 @@ mod headers;
 pub mod respond;
 mod upstream;
 
+use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
-use pingora::protocols::http::ServerSession;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use pingora::time::fast_timeout::fast_timeout;
-use pingora::ErrorType;
 
 use crate::body::{Body, BodyError};
 use crate::config::{DuplicateStatus, ForwardBody, Route};
-use crate::message;
 use crate::normalize;
 use crate::outcome::{Outcome, Rejection};
 use crate::providers::{Inbound, Verified};
-use crate::replay::Refused;
+use crate::replay::{Binding, Refused};
 use admission::{Admitted, Head, Post};
 use body_read::{read_body, BodyRead};
 use gateway::InFlight;
 pub use gateway::{Gateway, Snapshot};
 use headers::Forwarding;
-use respond::{reject, relay, respond, End, Report};
+use respond::{own, reject, relay, Answer, Keep, Report};
 
-/// The Pingora application around a [`Gateway`].
+/// The Pingora application around a [`Gateway`]: HTTP/1 on every accepted connection.
 pub struct GatewayApp(pub Arc<Gateway>);
 
 #[async_trait]
-impl HttpServerApp for GatewayApp {
-    async fn process_new_http(
+impl ServerApp for GatewayApp {
+    async fn process_new(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        stream: Stream,
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let gw = &self.0;
-        let snap = gw.config();
-        let t = &snap.config.timeouts;
-        session.set_keepalive(Some(t.keepalive.as_secs().max(1)));
-        session.set_read_timeout(Some(t.client_read));
-        session.set_write_timeout(Some(t.client_read));
+    ) -> Option<Stream> {
+        serve(Arc::clone(&self.0), stream, shutdown.clone()).await;
+        // hyper has the connection to its end: nothing to hand back to Pingora.
+        None
+    }
+}
 
-        // An idle keep-alive connection closes as soon as shutdown begins; a request whose
-        // bytes already arrived is still served (biased select). Pingora times out each read,
-        // not the whole header, so a client trickling one byte at a time (slow-loris) is cut
-        // off by a deadline for the header as a whole: the idle allowance plus `client_read`.
-        // Deadlines use Pingora's coarse shared timers (10 ms buckets, as for its own read
-        // timeouts): a tokio timer per request woke the runtime's driver through an eventfd
-        // write on every request.
-        let mut shutdown = shutdown.clone();
-        let header_deadline = t.keepalive + t.client_read;
-        let read = tokio::select! {
-            biased;
-            r = fast_timeout(header_deadline, session.read_request()) => match r {
-                Ok(r) => r,
-                Err(_) => return None,
-            },
-            _ = shutdown_started(&mut shutdown) => return None,
-        };
-        match read {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                if e.etype() == &ErrorType::InvalidHTTPHeader {
-                    let _ = session.respond_error(400).await;
-                }
-                return None;
-            }
-        }
-
-        let _in_flight = InFlight::enter(gw);
-        let mut report = Report::new(&snap.metrics);
-        let end = handle(gw, &snap, &mut session, &mut report).await;
-        // A request that ended without an outcome lost its client midway.
-        report.settle(Outcome::Aborted, 0);
-        let client = admission::client_address(&head(&session), &snap.config.trusted_proxies);
-        report.log(client);
-
-        match end {
-            End::Responded { reuse: true } if !gw.is_draining() => {
-                let settings = HttpPersistentSettings::for_session(&session);
-                match session.finish().await {
-                    Ok(Some(stream)) => {
-                        Some(ReusedHttpStream::from_reusable_stream(stream, settings))
-                    }
-                    _ => None,
-                }
-            }
-            End::Responded { .. } => {
-                let _ = session.finish().await;
-                None
-            }
-            End::Abort => {
-                session.shutdown().await;
-                None
-            }
+/// Serves one client connection until it closes, or until shutdown: then the request in
+/// flight is finished and the connection closed.
+async fn serve(gw: Arc<Gateway>, stream: Stream, mut shutdown: ShutdownWatch) {
+    let peer = stream.get_socket_digest().and_then(|d| {
+        d.peer_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_canonical())
+    });
+    let snap = gw.config();
+    let t = &snap.config.timeouts;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        // The whole header, idle keep-alive time included, within this (slow-loris).
+        .header_read_timeout(t.keepalive + t.client_read)
+        // hyper's own bound on a header; hookguard's `max_header_bytes` answers 431 with a
+        // JSON body below it.
+        .max_buf_size((snap.config.max_header_bytes * 2).max(16 * 1024))
+        // A client that shuts its writing side after its request still gets the answer.
+        .half_close(true)
+        .keep_alive(true);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let gw = Arc::clone(&gw);
+        async move { Ok::<_, Infallible>(request(gw, req, peer).await) }
+    });
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown_started(&mut shutdown) => {
+            // Idle: closed now; mid-request: closed once it is answered.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
     }
 }
@@ -130,78 +110,89 @@ async fn shutdown_started(shutdown: &mut ShutdownWatch) {
     }
 }
 
-/// The request head as the admission step sees it.
-fn head(session: &ServerSession) -> Head<'_> {
-    let req = session.req_header();
-    Head {
-        method: &req.method,
-        uri: &req.uri,
-        headers: &req.headers,
-        peer: peer_ip(session),
-    }
-}
-
-/// The socket peer: the previous hop, whatever it claims.
-fn peer_ip(session: &ServerSession) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_canonical())
+/// One request: counted in flight, answered, reported.
+async fn request(gw: Arc<Gateway>, req: Request<Incoming>, peer: Option<IpAddr>) -> Answer {
+    let in_flight = InFlight::enter(&gw);
+    let snap = gw.config();
+    let mut report = Report::new(&snap.metrics);
+    let (parts, body) = req.into_parts();
+    let head = Head {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        peer,
+    };
+    let client = admission::client_address(&head, &snap.config.trusted_proxies);
+    let answer = handle(&gw, &snap, &parts, body, peer, &mut report, in_flight).await;
+    report.log(client);
+    answer
 }
 
 /// Takes one request from header to response.
 async fn handle(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     snap: &Snapshot,
-    session: &mut ServerSession,
+    parts: &http::request::Parts,
+    body: Incoming,
+    peer: Option<IpAddr>,
     report: &mut Report<'_>,
-) -> End {
+    in_flight: InFlight,
+) -> Answer {
     let config = &snap.config;
-    let post = match admission::admit(config, &head(session)) {
+    let head = Head {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        peer,
+    };
+    // What the head refuses, the body is never read for: the connection is then closed
+    // rather than drained.
+    let post = match admission::admit(config, &head) {
         Ok(Admitted::Post(post)) => post,
         Ok(Admitted::Probe(route)) => {
             report.route = Some(route);
-            let answered = Outcome::Answered;
-            return respond(session, report, answered, 200, "text/plain", Bytes::new()).await;
+            let (answered, empty) = (Outcome::Answered, Bytes::new());
+            return own(report, answered, 200, "text/plain", empty, unread(parts));
         }
         Err(refused) => {
             report.route = refused.route;
-            return reject(session, report, refused.rejection).await;
+            return reject(report, refused.rejection, unread(parts));
         }
     };
     let Post {
         route,
         client_ip,
         declared,
-        expects_continue,
+        ..
     } = post;
     report.route = Some(Arc::clone(&route));
-    if expects_continue && session.write_continue_response().await.is_err() {
-        return End::Abort;
-    }
 
+    // hyper answers `Expect: 100-continue` when the body is first asked for.
     let t = &config.timeouts;
-    let bytes = match read_body(session, config.max_body_bytes, declared, t.client_read).await {
+    let bytes = match read_body(body, config.max_body_bytes, declared, t.client_read).await {
         Ok(b) => b,
-        Err(BodyRead::TooLarge) => return reject(session, report, Rejection::BodyTooLarge).await,
-        Err(BodyRead::TimedOut) => return reject(session, report, Rejection::ClientTimeout).await,
-        Err(BodyRead::Malformed) => return reject(session, report, Rejection::MalformedBody).await,
-        Err(BodyRead::Broken) => return End::Abort,
+        Err(BodyRead::TooLarge) => return reject(report, Rejection::BodyTooLarge, Keep::Close),
+        Err(BodyRead::TimedOut) => return reject(report, Rejection::ClientTimeout, Keep::Close),
+        Err(BodyRead::Malformed) => return reject(report, Rejection::MalformedBody, Keep::Close),
+        // Nobody to answer: the client is gone (counted as aborted).
+        Err(BodyRead::Broken) => {
+            report.settle(Outcome::Aborted, 0);
+            return reject(report, Rejection::MalformedBody, Keep::Close);
+        }
     };
     let route_metrics = snap.metrics.route(&route.name);
     if let Some(m) = route_metrics {
         m.body_bytes.inc_by(bytes.len() as u64);
     }
 
-    let req = session.req_header();
-    let content_type = req
+    let content_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let body = Body::new(bytes, content_type).with_max_fields(config.max_body_fields);
     let inbound = Inbound {
-        path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-        headers: &req.headers,
+        path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &parts.headers,
         body: &body,
         client_ip,
     };
@@ -213,21 +204,20 @@ async fn handle(
         .observe(verify_started.elapsed().as_secs_f64());
     let verified = match verdict {
         Ok(v) => v,
-        Err(e) => return reject(session, report, e.into()).await,
+        Err(e) => return reject(report, e.into(), Keep::Alive),
     };
     report.id = Some(verified.id.clone());
     if let Some(answer) = &verified.answer {
         let body = Bytes::from(answer.body.clone());
         let (status, content_type) = (answer.status, answer.content_type);
-        return respond(
-            session,
+        return own(
             report,
             Outcome::Answered,
             status,
             content_type,
             body,
-        )
-        .await;
+            Keep::Alive,
+        );
     }
 
     // Where the signature does not cover the body (Mailgun), the keys are bound to the body:
@@ -239,11 +229,11 @@ async fn handle(
         None
     } else {
         let normalized = normalize::to_json(&body).ok();
-        let binding = message::digest(&[normalized.as_deref().unwrap_or(body.bytes())]);
+        let canonical = normalized.clone().unwrap_or_else(|| body.bytes().clone());
         if route.forward_body == ForwardBody::Json {
             outgoing = normalized;
         }
-        Some(binding)
+        Some(Binding::new(canonical))
     };
 
     let reserved = gw
@@ -255,10 +245,10 @@ async fn handle(
         Err(Refused::Delivered) if config.replay.duplicate_status == DuplicateStatus::Ok => {
             let body = Bytes::from_static(respond::DUPLICATE);
             let json = "application/json";
-            return respond(session, report, Outcome::Duplicate, 200, json, body).await;
+            return own(report, Outcome::Duplicate, 200, json, body, Keep::Alive);
         }
         Err(Refused::Delivered | Refused::InFlight) => {
-            return reject(session, report, Rejection::Replayed).await
+            return reject(report, Rejection::Replayed, Keep::Alive)
         }
         Err(Refused::Full) => {
             tracing::warn!(
@@ -266,41 +256,65 @@ async fn handle(
                 max_entries = config.replay.max_entries,
                 "replay store full of keys still inside their window: answering 503 so the provider retries (raise replay.max_entries)"
             );
-            return reject(session, report, Rejection::ReplayStoreFull).await;
+            return reject(report, Rejection::ReplayStoreFull, Keep::Alive);
         }
         Err(Refused::StoreUnavailable) => {
-            return reject(session, report, Rejection::ReplayStoreUnavailable).await
+            return reject(report, Rejection::ReplayStoreUnavailable, Keep::Alive)
         }
     };
 
-    let delivered = deliver(gw, snap, &route, session, &body, outgoing, &verified).await;
-    // Settle the keys before anything is written back: a provider that retries the instant
-    // it reads a failure must find them free.
-    let exchange = match delivered {
-        Ok(x) => x,
+    let req = match upstream_request(&route, parts, peer, &body, outgoing, &verified) {
+        Ok(req) => req,
         Err(r) => {
             reservation.release().await;
-            return reject(session, report, r).await;
+            return reject(report, r, Keep::Alive);
         }
+    };
+    // From here the exchange runs to its end on a task of its own, even if the client goes
+    // away meanwhile (hyper drops a request's future when its connection closes): the keys
+    // must be settled by what the upstream did, or a message it accepted would be released
+    // for the provider's retry and delivered twice. The keys are settled before anything is
+    // written back: a provider that retries the instant it reads a failure finds them free.
+    let exchange = tokio::spawn({
+        let gw = Arc::clone(gw);
+        let addr = route.upstream.addr;
+        let timeouts = t.clone();
+        async move {
+            let sent = gw.upstream.send(addr, &timeouts, req).await;
+            match &sent {
+                Ok(x) if x.response.status().is_success() => reservation.commit().await,
+                _ => reservation.release().await,
+            }
+            drop(in_flight);
+            sent
+        }
+    })
+    .await;
+    let exchange = match exchange {
+        Ok(Ok(x)) => x,
+        Ok(Err(r)) => return reject(report, r, Keep::Alive),
+        Err(_) => return reject(report, Rejection::UpstreamUnavailable, Keep::Alive),
     };
     if let Some(m) = route_metrics {
         m.upstream.observe(exchange.waited.as_secs_f64());
     }
-    let Some(upstream_header) = exchange.session.resp_header() else {
-        reservation.release().await;
-        return reject(session, report, Rejection::UpstreamUnavailable).await;
-    };
-    let status = upstream_header.status.as_u16();
-    let response = upstream::downstream_response(upstream_header);
-    // The upstream has the message: 2xx means delivered, anything else frees the keys for
-    // the provider's retry.
-    if (200..300).contains(&status) {
-        reservation.commit().await;
-    } else {
-        reservation.release().await;
-    }
+    let status = exchange.response.status().as_u16();
     report.settle(Outcome::Forwarded, status);
-    relay(gw, session, exchange, response).await
+    relay(exchange.response, exchange.lease, t.upstream_read)
+}
+
+/// Whether a connection survives an answer given without reading the request's body: only
+/// when there is no body to read.
+fn unread(parts: &http::request::Parts) -> Keep {
+    let h = &parts.headers;
+    let empty = !h.contains_key(http::header::TRANSFER_ENCODING)
+        && h.get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0");
+    if empty {
+        Keep::Alive
+    } else {
+        Keep::Close
+    }
 }
 
 /// A body that cannot be normalized: too many fields is a size limit, anything else malformed.
@@ -311,17 +325,16 @@ fn body_rejection(e: BodyError) -> Rejection {
     }
 }
 
-/// Normalizes the body (unless `normalized` already is), builds the upstream request and
-/// sends it; returns once the upstream's response header has arrived.
-async fn deliver(
-    gw: &Gateway,
-    snap: &Snapshot,
+/// The request the upstream gets: the body normalized (unless `normalized` already is), the
+/// client's headers filtered, hookguard's own added.
+fn upstream_request(
     route: &Route,
-    session: &ServerSession,
+    parts: &http::request::Parts,
+    peer: Option<IpAddr>,
     body: &Body,
     normalized: Option<Bytes>,
     verified: &Verified,
-) -> Result<upstream::Exchange, Rejection> {
+) -> Result<Request<http_body_util::Full<Bytes>>, Rejection> {
     let (out_body, content_type) = match route.forward_body {
         ForwardBody::Original => (body.bytes().clone(), None),
         ForwardBody::Json => (
@@ -332,37 +345,30 @@ async fn deliver(
             Some("application/json"),
         ),
     };
-    let req = session.req_header();
-    let path_and_query = upstream_target(route, req);
-    let header = headers::upstream_request(
-        req,
+    let path_and_query = upstream_target(route, &parts.uri);
+    headers::upstream_request(
+        parts,
         &Forwarding {
             provider: route.provider_name,
             route: &route.name,
             id: &verified.id,
             timestamp: verified.timestamp,
-            peer_ip: peer_ip(session),
+            peer_ip: peer,
             consumed: route.provider.consumed_headers(),
             path_and_query: &path_and_query,
             content_type,
-            content_length: out_body.len(),
         },
+        out_body,
     )
-    .map_err(|_| Rejection::MalformedBody)?;
-    let peer = snap
-        .peers
-        .get(&route.name)
-        .ok_or(Rejection::UpstreamUnavailable)?;
-    gw.upstream.send(peer, &header, &out_body).await
+    .map_err(|_| Rejection::MalformedBody)
 }
 
 /// The path and query the upstream is asked for.
-fn upstream_target(route: &Route, req: &pingora::http::RequestHeader) -> String {
-    match (&route.upstream_path, req.uri.query()) {
+fn upstream_target(route: &Route, uri: &http::Uri) -> String {
+    match (&route.upstream_path, uri.query()) {
         (Some(path), Some(q)) => format!("{path}?{q}"),
         (Some(path), None) => path.clone(),
-        (None, _) => req
-            .uri
+        (None, _) => uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
     }

@@ -5,12 +5,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use pingora::http::ResponseHeader;
-use pingora::protocols::http::ServerSession;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use super::gateway::Gateway;
-use super::upstream::Exchange;
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Response, StatusCode};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::upstream::{Lease, UpstreamBody, UpstreamBodyError};
 use crate::config::Route;
 use crate::metrics::RouteMetricsTable;
 use crate::outcome::{Outcome, Rejection};
@@ -104,107 +108,98 @@ impl<'a> Report<'a> {
     }
 }
 
-/// How a request ended, for the connection.
-pub enum End {
-    /// A complete response was written; the connection may be reused if `reuse`.
-    Responded { reuse: bool },
-    /// The connection is broken or half-written: close it.
-    Abort,
+/// The body of every answer: hookguard's own (a rejection, a duplicate, a challenge), or the
+/// upstream's, streamed through.
+pub enum AnswerBody {
+    Own(Option<Bytes>),
+    Upstream(UpstreamBody),
 }
 
-/// Writes a rejection: `{"error":"<code>"}`.
-pub async fn reject(session: &mut ServerSession, report: &mut Report<'_>, r: Rejection) -> End {
-    respond(
-        session,
+impl Body for AnswerBody {
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        match self.get_mut() {
+            AnswerBody::Own(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            AnswerBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AnswerBody::Own(bytes) => bytes.is_none(),
+            AnswerBody::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            AnswerBody::Own(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len()) as u64)
+            }
+            AnswerBody::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+pub type Answer = Response<AnswerBody>;
+
+/// Whether the connection may serve another request after this answer: not when the
+/// request's body was left unread (404, 405, 413, ...: closed rather than drained).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Alive,
+    Close,
+}
+
+/// A rejection: `{"error":"<code>"}`.
+pub fn reject(report: &mut Report<'_>, r: Rejection, keep: Keep) -> Answer {
+    own(
         report,
         Outcome::Rejected(r),
         status(r),
         "application/json",
         error_body(r),
+        keep,
     )
-    .await
 }
 
-/// Writes a response of hookguard's own. The connection stays open when the request was read
-/// completely; when its body was left unread (404, 405, 413, ...) it is closed, not drained.
-pub async fn respond(
-    session: &mut ServerSession,
+/// A response of hookguard's own.
+pub fn own(
     report: &mut Report<'_>,
     outcome: Outcome,
     status: u16,
     content_type: &'static str,
     body: Bytes,
-) -> End {
+    keep: Keep,
+) -> Answer {
     report.settle(outcome, status);
-    let reuse = session.is_body_done();
-    if !reuse {
-        session.set_keepalive(None);
+    let mut resp = Response::new(AnswerBody::Own(Some(body)));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    if keep == Keep::Close {
+        h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let mut header = match ResponseHeader::build(status, Some(2)) {
-        Ok(h) => h,
-        Err(_) => return End::Abort,
-    };
-    let ok = header
-        .insert_header(http::header::CONTENT_TYPE, content_type)
-        .and_then(|_| header.insert_header(http::header::CONTENT_LENGTH, body.len()))
-        .is_ok();
-    if !ok
-        || session
-            .write_response_header(Box::new(header))
-            .await
-            .is_err()
-        || session.write_response_body(body, true).await.is_err()
-    {
-        return End::Abort;
-    }
-    End::Responded { reuse }
+    resp
 }
 
-/// Streams the upstream's response to the client.
-pub async fn relay(
-    gw: &Gateway,
-    session: &mut ServerSession,
-    mut exchange: Exchange,
-    response: ResponseHeader,
-) -> End {
-    if session
-        .write_response_header(Box::new(response))
-        .await
-        .is_err()
-    {
-        return End::Abort;
+/// The upstream's response as the client gets it: unchanged but for the headers that
+/// describe the upstream connection, not the message; its body streamed through.
+pub fn relay(response: Response<Incoming>, lease: Lease, read_timeout: Duration) -> Answer {
+    let (mut parts, body) = response.into_parts();
+    for name in ["connection", "keep-alive", "proxy-connection"] {
+        parts.headers.remove(name);
     }
-    loop {
-        match exchange.session.read_body_bytes().await {
-            Ok(Some(chunk)) => {
-                if session.write_response_body(chunk, false).await.is_err() {
-                    return End::Abort;
-                }
-            }
-            Ok(None) => break,
-            // The upstream broke off mid-body: the client must see a truncated response.
-            Err(_) => return End::Abort,
-        }
-    }
-    if session.finish_body().await.is_err() {
-        return End::Abort;
-    }
-    gw.upstream.release(exchange).await;
-    End::Responded { reuse: true }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_rejection_has_a_status_and_a_bare_error_body() {
-        for r in Rejection::ALL {
-            let s = status(r);
-            assert!((400..600).contains(&s), "{r:?}: {s}");
-            let body: serde_json::Value = serde_json::from_slice(&error_body(r)).unwrap();
-            assert_eq!(body, serde_json::json!({ "error": r.code() }));
-        }
-        assert_eq!(status(Rejection::ReplayStoreFull), 503);
-    }
+    Response::from_parts(
+        parts,
+        AnswerBody::Upstream(UpstreamBody::new(body, lease, read_timeout)),
+    )
 }

@@ -226,14 +226,15 @@ impl MemoryStore {
             .is_some_and(|at| *at > now)
     }
 
-    /// Reserves `key` for reservation `holder` (never 0) for at most `hold`. `binding` is the
-    /// digest of the request's body for providers whose signature does not cover it: a key
-    /// released with a binding may only be reserved again with the same one.
+    /// Reserves `key` for reservation `holder` (never 0) for at most `hold`. `binding` gives
+    /// the digest of the request's body, for providers whose signature does not cover it: a
+    /// key released with a binding may only be reserved again with the same one. It is asked
+    /// for only then (a digest of the body is not free).
     pub fn reserve(
         &self,
         key: MessageKey,
         holder: u64,
-        binding: Option<u128>,
+        binding: Option<&dyn Fn() -> u128>,
         hold: Duration,
     ) -> Result<(), Seen> {
         let key = Digest::from(key);
@@ -248,7 +249,7 @@ impl MemoryStore {
             match shard.pending.get(&key).copied() {
                 Some(p) if p.until > now && p.holder != 0 => return Err(Seen::InFlight),
                 Some(p) if p.until > now => {
-                    if p.binding != binding {
+                    if p.binding != binding.map(|digest| digest()) {
                         return Err(Seen::OtherBody);
                     }
                     // The retry of a failed delivery, with the body it first carried.
@@ -256,7 +257,7 @@ impl MemoryStore {
                         key,
                         Pending {
                             holder,
-                            binding,
+                            binding: p.binding,
                             until,
                         },
                     );
@@ -283,7 +284,7 @@ impl MemoryStore {
                 key,
                 Pending {
                     holder,
-                    binding,
+                    binding: None,
                     until,
                 },
             );
@@ -314,8 +315,15 @@ impl MemoryStore {
     }
 
     /// The delivery failed: free `key` for the provider's retry if `holder` still holds it.
-    /// A key with a body binding stays bound to that body for `bound_for`.
-    pub fn release(&self, key: MessageKey, holder: u64, bound_for: Duration) {
+    /// With `binding` (the digest of the body it carried), it stays bound to that body for
+    /// `bound_for`.
+    pub fn release(
+        &self,
+        key: MessageKey,
+        holder: u64,
+        binding: Option<u128>,
+        bound_for: Duration,
+    ) {
         let key = Digest::from(key);
         let now = self.now();
         let mut shard = self.shard(key);
@@ -325,13 +333,13 @@ impl MemoryStore {
         if p.holder != holder {
             return;
         }
-        match p.binding {
+        match binding {
             Some(_) => {
                 shard.pending.insert(
                     key,
                     Pending {
                         holder: 0,
-                        binding: p.binding,
+                        binding,
                         until: self.after(now, bound_for),
                     },
                 );
@@ -392,32 +400,40 @@ mod tests {
     fn a_released_key_is_free_again_and_a_stale_release_frees_nothing() {
         let s = MemoryStore::new(100, Mode::Record);
         s.reserve(key(1), 1, None, HOLD).unwrap();
-        s.release(key(1), 1, HOLD);
+        s.release(key(1), 1, None, HOLD);
         assert_eq!(s.len(), 0);
         s.reserve(key(1), 2, None, HOLD).unwrap();
-        s.release(key(1), 1, HOLD); // not the holder
+        s.release(key(1), 1, None, HOLD); // not the holder
         assert_eq!(s.reserve(key(1), 3, None, HOLD), Err(Seen::InFlight));
     }
 
     #[test]
     fn a_released_key_with_a_binding_takes_back_only_its_body() {
         let s = MemoryStore::new(100, Mode::Record);
-        s.reserve(key(1), 1, Some(11), HOLD).unwrap();
-        s.release(key(1), 1, HOLD);
-        assert_eq!(s.reserve(key(1), 2, Some(22), HOLD), Err(Seen::OtherBody));
+        let (b11, b22) = (|| 11u128, || 22u128);
+        s.reserve(key(1), 1, Some(&b11), HOLD).unwrap();
+        s.release(key(1), 1, Some(11), HOLD);
+        assert_eq!(s.reserve(key(1), 2, Some(&b22), HOLD), Err(Seen::OtherBody));
         assert_eq!(s.reserve(key(1), 2, None, HOLD), Err(Seen::OtherBody));
-        s.reserve(key(1), 3, Some(11), HOLD).expect("the same body");
-        s.commit(key(1), 3, HOLD);
-        assert_eq!(s.reserve(key(1), 4, Some(11), HOLD), Err(Seen::Delivered));
+        s.reserve(key(1), 3, Some(&b11), HOLD)
+            .expect("the same body");
+        // Taken back, the binding stays: released again, it is still bound to that body.
+        s.release(key(1), 3, Some(11), HOLD);
+        assert_eq!(s.reserve(key(1), 4, Some(&b22), HOLD), Err(Seen::OtherBody));
+        s.reserve(key(1), 5, Some(&b11), HOLD)
+            .expect("the same body");
+        s.commit(key(1), 5, HOLD);
+        assert_eq!(s.reserve(key(1), 6, Some(&b11), HOLD), Err(Seen::Delivered));
     }
 
     #[test]
     fn the_binding_lapses_with_its_window() {
         let s = MemoryStore::new(100, Mode::Record);
-        s.reserve(key(1), 1, Some(11), HOLD).unwrap();
-        s.release(key(1), 1, Duration::from_millis(50));
+        let (b11, b22) = (|| 11u128, || 22u128);
+        s.reserve(key(1), 1, Some(&b11), HOLD).unwrap();
+        s.release(key(1), 1, Some(11), Duration::from_millis(50));
         std::thread::sleep(Duration::from_millis(100));
-        s.reserve(key(1), 2, Some(22), HOLD).expect("window over");
+        s.reserve(key(1), 2, Some(&b22), HOLD).expect("window over");
     }
 
     #[test]
@@ -427,7 +443,7 @@ mod tests {
             .unwrap();
         std::thread::sleep(Duration::from_millis(80));
         s.reserve(key(1), 2, None, HOLD).expect("lapsed");
-        s.release(key(1), 1, HOLD);
+        s.release(key(1), 1, None, HOLD);
         assert_eq!(s.reserve(key(1), 3, None, HOLD), Err(Seen::InFlight));
     }
 

@@ -399,7 +399,8 @@ async fn a_released_bound_key_takes_back_only_its_body_across_replicas() {
     let prefix = unique_prefix("bound");
     let (a, b) = pair(&r, &prefix, Duration::from_secs(60)).await;
     let k = key("bound-token");
-    a.reserve(&k, Some(1), TTL)
+    let body = |b: &'static [u8]| Some(Binding::new(bytes::Bytes::from_static(b)));
+    a.reserve(&k, body(b"one"), TTL)
         .await
         .expect("free")
         .release()
@@ -407,13 +408,14 @@ async fn a_released_bound_key_takes_back_only_its_body_across_replicas() {
     let mut conn = r.conn();
     let keys: Vec<String> = conn.keys(format!("{prefix}*")).expect("KEYS");
     let value: String = conn.get(&keys[0]).expect("GET");
+    let one = crate::message::digest(&[b"one"]);
     assert_eq!(
         value,
-        format!("r:{:032x}", 1u128),
-        "released, bound to body 1"
+        format!("r:{one:032x}"),
+        "released, bound to body one"
     );
     assert_eq!(
-        b.reserve(&k, Some(2), TTL).await.err(),
+        b.reserve(&k, body(b"two"), TTL).await.err(),
         Some(Refused::InFlight),
         "another body is refused"
     );
@@ -421,13 +423,13 @@ async fn a_released_bound_key_takes_back_only_its_body_across_replicas() {
         b.reserve(&k, None, TTL).await.err(),
         Some(Refused::InFlight)
     );
-    b.reserve(&k, Some(1), TTL)
+    b.reserve(&k, body(b"one"), TTL)
         .await
         .expect("the same body is taken back")
         .commit()
         .await;
     assert_eq!(
-        a.reserve(&k, Some(1), TTL).await.err(),
+        a.reserve(&k, body(b"one"), TTL).await.err(),
         Some(Refused::Delivered)
     );
 }
