@@ -90,21 +90,15 @@ impl<'a> Report<'a> {
     /// The request's log line: one per request, no secret, no body.
     pub fn log(&self, client: Option<std::net::IpAddr>) {
         let route = self.route.as_deref();
-        let client = client.map(|ip| ip.to_string()).unwrap_or_default();
-        // Whole microseconds as milliseconds: `1.23` rather than `1.2296099999999999`
-        // (an integer divided by 1000 prints as its shortest decimal).
-        let duration_ms = self.started.elapsed().as_micros() as f64 / 1000.0;
-        tracing::info!(
-            target: "hookguard::request",
-            route = route.map_or("", |r| r.name.as_str()),
-            provider = route.map_or("", |r| r.provider_name),
-            outcome = self.outcome.map_or("", Outcome::label),
-            status = self.status,
-            duration_ms,
-            replay_key = self.id.as_deref().unwrap_or(""),
-            client = client.as_str(),
-            "request"
-        );
+        crate::logging::request(&crate::logging::RequestLine {
+            route: route.map_or("", |r| r.name.as_str()),
+            provider: route.map_or("", |r| r.provider_name),
+            outcome: self.outcome.map_or("", Outcome::label),
+            status: self.status,
+            duration: self.started.elapsed(),
+            replay_key: self.id.as_deref().unwrap_or(""),
+            client,
+        });
     }
 }
 
