@@ -61,6 +61,62 @@ enum Command {
         #[arg(long, default_value = "/healthz")]
         path: String,
     },
+    /// Look at and act on the spool: through the running hookguard's admin listener, or on the
+    /// spool's file when hookguard is stopped.
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+        /// Print the answer as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolAction {
+    /// The messages in the spool (no bodies), in arrival order.
+    List {
+        #[command(flatten)]
+        which: Which,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One message: its history, headers and body.
+    Show { seq: u64 },
+    /// Queue matching messages again (dead ones included), due now.
+    Retry {
+        #[command(flatten)]
+        which: Which,
+        /// Every message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete matching messages (their keys stay: copies are still answered as duplicates).
+    Purge {
+        #[command(flatten)]
+        which: Which,
+        /// Every message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Counts and bytes by state, the oldest queued message's age.
+    Stats,
+}
+
+/// Which messages a spool command means.
+#[derive(clap::Args)]
+struct Which {
+    #[arg(long, value_parser = ["queued", "dead"])]
+    state: Option<String>,
+    #[arg(long)]
+    route: Option<String>,
+    /// Only messages that arrived at least this long ago (`10m`, `2h`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    older_than: Option<std::time::Duration>,
+    /// Only these messages (repeatable).
+    #[arg(long)]
+    seq: Vec<u64>,
 }
 
 /// `--log-format`.
@@ -89,6 +145,7 @@ fn main() -> ExitCode {
             ref body,
         }) => sign(&cli, route, body.as_ref()),
         Some(Command::Probe { ref path }) => probe(&cli, path),
+        Some(Command::Spool { ref action, json }) => spool(&cli, action, json),
     }
 }
 
@@ -208,6 +265,55 @@ fn probe(cli: &Cli, path: &str) -> ExitCode {
         }
         Err(e) => {
             eprintln!("hookguard probe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn spool(cli: &Cli, action: &SpoolAction, json: bool) -> ExitCode {
+    use hookguard::operate::{self, Action, SpoolCommand};
+    let config = match config::load_file(&cli.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (action, which, all, limit) = match action {
+        SpoolAction::List { which, limit } => (Action::List, Some(which), false, Some(*limit)),
+        SpoolAction::Show { seq } => (Action::Show(*seq), None, false, None),
+        SpoolAction::Retry { which, all } => (Action::Retry, Some(which), *all, None),
+        SpoolAction::Purge { which, all } => (Action::Purge, Some(which), *all, None),
+        SpoolAction::Stats => (Action::Stats, None, false, None),
+    };
+    let mut filter = hookguard::spool::Filter {
+        limit,
+        ..Default::default()
+    };
+    let mut older_than = None;
+    if let Some(w) = which {
+        filter.state = w.state.clone();
+        filter.route = w.route.clone();
+        filter.older_than_secs = w.older_than.map(|d| d.as_secs());
+        older_than = w
+            .older_than
+            .map(|d| humantime::format_duration(d).to_string());
+        filter.seqs = (!w.seq.is_empty()).then(|| w.seq.clone());
+    }
+    let command = SpoolCommand {
+        action,
+        filter,
+        older_than,
+        all,
+        json,
+    };
+    match operate::run(&config, &command) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hookguard spool: {e}");
             ExitCode::FAILURE
         }
     }

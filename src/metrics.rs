@@ -6,9 +6,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::config::Config;
@@ -24,6 +26,162 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub body_bytes: IntCounterVec,
     pub replay_store_errors: IntCounterVec,
+    pub spool: Arc<SpoolMetrics>,
+}
+
+/// The spool's metrics (all present, at zero, when no route spools).
+pub struct SpoolMetrics {
+    /// `hookguard_spool_messages{state}` (queued, dead), set at each scrape.
+    pub messages: IntGaugeVec,
+    /// `hookguard_spool_bytes{state}`.
+    pub bytes: IntGaugeVec,
+    /// `hookguard_spool_oldest_age_seconds`: how long the oldest queued message has waited.
+    pub oldest_age: Gauge,
+    /// `hookguard_spool_enqueue_total{result}` (queued, duplicate, full, unavailable).
+    pub enqueued: IntCounterVec,
+    /// `hookguard_spool_delivery_attempts_total{result}` (delivered, retry, dead).
+    pub attempts: IntCounterVec,
+    /// `hookguard_spool_dead_letters_total{reason}` (client_error, aborted, expired).
+    pub dead: IntCounterVec,
+    /// `hookguard_spool_ambiguous_deliveries_total`: attempts whose fate is unknown (the
+    /// application timed out, or hookguard stopped mid-delivery): each may be a duplicate.
+    pub ambiguous: IntCounter,
+    /// `hookguard_spool_commit_seconds`: one commit (write and fsync) of the store.
+    pub commit: Histogram,
+    /// `hookguard_spool_delivery_lag_seconds`: from a message's arrival to its delivery.
+    pub lag: Histogram,
+}
+
+impl SpoolMetrics {
+    fn new(registry: &Registry) -> Arc<Self> {
+        let m = SpoolMetrics {
+            messages: IntGaugeVec::new(
+                Opts::new("hookguard_spool_messages", "Messages in the spool, by state."),
+                &["state"],
+            )
+            .expect("valid metric"),
+            bytes: IntGaugeVec::new(
+                Opts::new("hookguard_spool_bytes", "Bytes held by the spool's messages, by state."),
+                &["state"],
+            )
+            .expect("valid metric"),
+            oldest_age: Gauge::new(
+                "hookguard_spool_oldest_age_seconds",
+                "Age of the oldest queued message (0 when none).",
+            )
+            .expect("valid metric"),
+            enqueued: IntCounterVec::new(
+                Opts::new(
+                    "hookguard_spool_enqueue_total",
+                    "Messages offered to the spool, by result (queued, duplicate, full, unavailable).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            attempts: IntCounterVec::new(
+                Opts::new(
+                    "hookguard_spool_delivery_attempts_total",
+                    "Delivery attempts, by result (delivered, retry, dead).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            dead: IntCounterVec::new(
+                Opts::new(
+                    "hookguard_spool_dead_letters_total",
+                    "Messages dead-lettered, by reason (client_error, aborted, expired).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            ambiguous: IntCounter::new(
+                "hookguard_spool_ambiguous_deliveries_total",
+                "Delivery attempts whose fate is unknown (timed out, or interrupted by a stop): each may have reached the application.",
+            )
+            .expect("valid metric"),
+            commit: Histogram::with_opts(
+                HistogramOpts::new(
+                    "hookguard_spool_commit_seconds",
+                    "Duration of one spool commit (write and fsync), shared by every message in it.",
+                )
+                .buckets(vec![1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5, 1.0]),
+            )
+            .expect("valid metric"),
+            lag: Histogram::with_opts(
+                HistogramOpts::new(
+                    "hookguard_spool_delivery_lag_seconds",
+                    "From a spooled message's arrival to its delivery.",
+                )
+                .buckets(vec![
+                    1e-3, 1e-2, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0,
+                    86400.0,
+                ]),
+            )
+            .expect("valid metric"),
+        };
+        for state in ["queued", "dead"] {
+            m.messages.with_label_values(&[state]);
+            m.bytes.with_label_values(&[state]);
+        }
+        for result in ["queued", "duplicate", "full", "unavailable"] {
+            m.enqueued.with_label_values(&[result]);
+        }
+        for result in ["delivered", "retry", "dead"] {
+            m.attempts.with_label_values(&[result]);
+        }
+        for reason in ["client_error", "aborted", "expired"] {
+            m.dead.with_label_values(&[reason]);
+        }
+        for c in [
+            Box::new(m.messages.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.bytes.clone()),
+            Box::new(m.oldest_age.clone()),
+            Box::new(m.enqueued.clone()),
+            Box::new(m.attempts.clone()),
+            Box::new(m.dead.clone()),
+            Box::new(m.ambiguous.clone()),
+            Box::new(m.commit.clone()),
+            Box::new(m.lag.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Arc::new(m)
+    }
+
+    /// The store's counts and sizes, at a scrape.
+    pub fn set_stats(&self, s: &crate::spool::StoreStats) {
+        self.messages
+            .with_label_values(&["queued"])
+            .set(s.queued as i64);
+        self.messages
+            .with_label_values(&["dead"])
+            .set(s.dead as i64);
+        self.bytes
+            .with_label_values(&["queued"])
+            .set(s.queued_bytes as i64);
+        self.bytes
+            .with_label_values(&["dead"])
+            .set(s.dead_bytes as i64);
+        let age = s
+            .oldest_queued_ms
+            .map_or(0, |t| crate::spool::now_ms().saturating_sub(t));
+        self.oldest_age.set(age as f64 / 1000.0);
+    }
+}
+
+impl crate::spool::delivery::Observer for SpoolMetrics {
+    fn attempt(&self, result: &'static str) {
+        self.attempts.with_label_values(&[result]).inc();
+    }
+    fn dead(&self, reason: &str) {
+        self.dead.with_label_values(&[reason]).inc();
+    }
+    fn delivered(&self, lag: Duration) {
+        self.lag.observe(lag.as_secs_f64());
+    }
+    fn ambiguous(&self) {
+        self.ambiguous.inc();
+    }
 }
 
 impl Metrics {
@@ -101,7 +259,9 @@ impl Metrics {
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
+        let spool = SpoolMetrics::new(&registry);
         Arc::new(Metrics {
+            spool,
             registry,
             requests,
             verify_duration,
@@ -153,6 +313,7 @@ impl Metrics {
                 let m = RouteMetrics {
                     forwarded: outcome(Outcome::Forwarded),
                     answered: outcome(Outcome::Answered),
+                    queued: outcome(Outcome::Queued),
                     aborted: outcome(Outcome::Aborted),
                     rejected: Rejection::ALL
                         .iter()
@@ -180,6 +341,7 @@ impl Metrics {
 pub struct RouteMetrics {
     pub forwarded: IntCounter,
     answered: IntCounter,
+    queued: IntCounter,
     aborted: IntCounter,
     rejected: Vec<(Rejection, IntCounter)>,
     pub upstream: Histogram,
@@ -191,6 +353,7 @@ impl RouteMetrics {
         match outcome {
             Outcome::Forwarded => self.forwarded.inc(),
             Outcome::Answered => self.answered.inc(),
+            Outcome::Queued => self.queued.inc(),
             Outcome::Aborted => self.aborted.inc(),
             // Counted as `replayed`, like a copy refused while the first is in flight.
             Outcome::Duplicate => self.count(Outcome::Rejected(Rejection::Replayed)),

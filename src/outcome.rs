@@ -29,6 +29,10 @@ pub enum Rejection {
     ReplayStoreUnavailable,
     #[error("the replay store is full of keys still inside their window")]
     ReplayStoreFull,
+    #[error("the spool is full")]
+    SpoolFull,
+    #[error("the spool could not write the message in time")]
+    SpoolUnavailable,
     #[error("body does not parse as its content type")]
     MalformedBody,
     #[error("client took too long to send the request")]
@@ -40,7 +44,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 15] = [
+    pub const ALL: [Rejection; 17] = [
         Rejection::NoRoute,
         Rejection::MethodNotAllowed,
         Rejection::IpNotAllowed,
@@ -52,6 +56,8 @@ impl Rejection {
         Rejection::Replayed,
         Rejection::ReplayStoreUnavailable,
         Rejection::ReplayStoreFull,
+        Rejection::SpoolFull,
+        Rejection::SpoolUnavailable,
         Rejection::MalformedBody,
         Rejection::ClientTimeout,
         Rejection::UpstreamUnavailable,
@@ -72,6 +78,8 @@ impl Rejection {
             Rejection::Replayed => "replayed",
             Rejection::ReplayStoreUnavailable => "replay_store_unavailable",
             Rejection::ReplayStoreFull => "replay_store_full",
+            Rejection::SpoolFull => "spool_full",
+            Rejection::SpoolUnavailable => "spool_unavailable",
             Rejection::MalformedBody => "malformed_body",
             Rejection::ClientTimeout => "client_timeout",
             Rejection::UpstreamUnavailable => "upstream_unavailable",
@@ -95,6 +103,8 @@ impl From<VerifyError> for Rejection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Forwarded,
+    /// Written to the spool and answered `202`: the spool delivers it.
+    Queued,
     /// Verified and answered by hookguard on the provider's behalf (a validation challenge).
     Answered,
     /// A copy of a message already delivered: answered `200 {"status":"duplicate"}`, not
@@ -110,6 +120,7 @@ impl Outcome {
         match self {
             Outcome::Forwarded => "forwarded",
             Outcome::Answered => "answered",
+            Outcome::Queued => "queued",
             Outcome::Duplicate => Rejection::Replayed.code(),
             Outcome::Aborted => "aborted",
             Outcome::Rejected(r) => r.code(),

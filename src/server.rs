@@ -40,6 +40,8 @@ pub enum StartError {
     },
     #[error("cannot start the replay store client: {0}")]
     ReplayStore(std::io::Error),
+    #[error("cannot start the spool: {0}")]
+    Spool(String),
 }
 
 /// How a server is told to stop and reload, and what happens once it has drained.
@@ -81,7 +83,23 @@ pub fn run(config: Config, options: Options) -> Result<(), StartError> {
     let replay = ReplayGuard::with_settings(&config.replay, hold, metrics.replay_error_sink())
         .map_err(StartError::ReplayStore)?;
     let replay = Arc::new(replay);
-    let gateway = Gateway::new(config.clone(), Arc::clone(&replay), Arc::clone(&metrics));
+    // Background work (the spool's deliveries) runs on a runtime of its own, beside Pingora's.
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("hookguard-background")
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Spool(e.to_string()))?;
+    let spool = match &config.spool {
+        Some(settings) => Some(start_spool(settings, &config, &metrics, &background)?),
+        None => None,
+    };
+    let gateway = Gateway::new(
+        config.clone(),
+        Arc::clone(&replay),
+        spool.clone(),
+        Arc::clone(&metrics),
+    );
     let health = Arc::new(Health::default());
 
     let conf = ServerConf {
@@ -107,6 +125,8 @@ pub fn run(config: Config, options: Options) -> Result<(), StartError> {
         HttpServer::new_app(AdminApp {
             health: Arc::clone(&health),
             replay_entries: Box::new(move || replay.len()),
+            spool: spool.as_ref().map(|s| s.store.clone()),
+            spool_token: config.spool.as_ref().and_then(|s| s.admin_token.clone()),
             metrics: Arc::clone(&metrics),
         }),
     );
@@ -140,7 +160,43 @@ pub fn run(config: Config, options: Options) -> Result<(), StartError> {
         }),
     });
     tracing::info!("hookguard stopped");
+    // The background runtime may be dropped from here (this thread is not async).
+    background.shutdown_background();
     Ok(())
+}
+
+/// Opens the spool's store and starts its delivery workers on `background`.
+fn start_spool(
+    settings: &crate::config::SpoolSettings,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    background: &tokio::runtime::Runtime,
+) -> Result<Arc<crate::proxy::spool::Spool>, StartError> {
+    let commits = metrics.spool.commit.clone();
+    let store = crate::spool::SpoolStore::open(
+        &settings.path,
+        crate::spool::store::Limits {
+            max_bytes: settings.max_bytes,
+            min_free_bytes: settings.min_free_bytes,
+            dedup_ttl: settings.dedup_ttl,
+        },
+        Box::new(move |d| commits.observe(d.as_secs_f64())),
+    )
+    .map_err(StartError::Spool)?;
+    let deliverer = crate::proxy::spool::SpoolDeliverer::new(
+        config.timeouts.clone(),
+        settings.abort_header.clone(),
+    );
+    let observer: Arc<dyn crate::spool::delivery::Observer> = metrics.spool.clone();
+    let delivery =
+        crate::spool::Delivery::new(store.clone(), settings.clone(), deliverer, observer);
+    background.spawn(Arc::clone(&delivery).run());
+    tracing::info!("{}", settings.summary());
+    Ok(Arc::new(crate::proxy::spool::Spool {
+        store,
+        delivery,
+        commit_timeout: settings.commit_timeout,
+    }))
 }
 
 fn check_bindable(addr: SocketAddr, what: &'static str) -> Result<(), StartError> {

@@ -242,6 +242,7 @@ impl<'a> Loader<'a> {
         }
         let timeouts = self.timeouts(top);
         let replay = self.replay(top);
+        let spool = self.spool(top);
         let trusted_proxies = match self.get::<Vec<String>>(top, "trusted_proxies") {
             Some(list) => self.networks(&list, &YPath::root().key("trusted_proxies")),
             None => Vec::new(),
@@ -260,6 +261,8 @@ impl<'a> Loader<'a> {
             timeouts,
             replay,
             trusted_proxies,
+            // Routes that spool without a `spool:` section get the defaults.
+            spool: spool.or_else(|| routes.iter().any(|r| r.spool).then(Default::default)),
             routes: RouteTable::new(routes),
         })
     }

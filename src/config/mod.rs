@@ -24,6 +24,7 @@ pub mod positions;
 mod raw;
 mod replay;
 mod routes;
+mod spool;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,6 +40,7 @@ use crate::providers::Provider;
 use expand::{Environment, ProcessEnv};
 use positions::Pos;
 pub use replay::*;
+pub use spool::SpoolSettings;
 
 // ---------------------------------------------------------------------------------------------
 // Validated configuration
@@ -62,6 +64,8 @@ pub struct Config {
     pub replay: ReplaySettings,
     /// Proxies whose `X-Forwarded-For` is believed (for `allow_ips`); empty: none.
     pub trusted_proxies: Vec<IpNet>,
+    /// The durable queue, when the config has a `spool:` section or a route spools.
+    pub spool: Option<SpoolSettings>,
     pub routes: RouteTable,
 }
 
@@ -125,6 +129,8 @@ pub struct Route {
     pub forward_body: ForwardBody,
     /// When set, only clients in these ranges may post to the route.
     pub allow_ips: Option<Vec<IpNet>>,
+    /// Verified messages are written to the spool and answered 202; the spool delivers them.
+    pub spool: bool,
 }
 
 impl fmt::Debug for Route {

@@ -20,6 +20,7 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "timeouts",
     "replay",
     "trusted_proxies",
+    "spool",
     "routes",
 ];
 
@@ -65,4 +66,5 @@ pub(super) struct RawRoute {
     pub(super) upstream_path: Option<String>,
     pub(super) forward_body: Option<ForwardBody>,
     pub(super) allow_ips: Option<Vec<String>>,
+    pub(super) spool: Option<bool>,
 }

@@ -126,6 +126,17 @@ impl Loader<'_> {
             None => None,
         };
 
+        if raw.spool == Some(true) && provider.as_ref().is_some_and(|p| p.needs_the_apps_answer()) {
+            self.error_at_value(
+                &here.key("spool"),
+                format!(
+                    "`{}`: a `{name}` route cannot spool: the provider expects the application's \
+                     own answer (a slash command, TwiML, an interaction, a challenge), which a \
+                     spool cannot give in its stead",
+                    here.key("spool")
+                ),
+            );
+        }
         if !raw.path.starts_with('/') || raw.path.contains('?') || raw.path.contains('#') {
             self.error_at_value(
                 &here.key("path"),
@@ -168,6 +179,7 @@ impl Loader<'_> {
             upstream: upstream?,
             upstream_path: raw.upstream_path,
             forward_body: raw.forward_body.unwrap_or(ForwardBody::Json),
+            spool: raw.spool.unwrap_or(false),
         })
     }
 }

@@ -92,6 +92,11 @@ impl Provider for Discord {
         Ok(verified.signed_at(ts, now, self.tolerance))
     }
 
+    /// The application answers (a slash command or a challenge, TwiML, an interaction).
+    fn needs_the_apps_answer(&self) -> bool {
+        true
+    }
+
     fn summary(&self) -> String {
         format!(
             "{} public key(s), tolerance {}",

@@ -131,7 +131,11 @@ impl<'a, K> Signers<'a, K> {
     /// The verdict: `bad_signature` when no key verified the message, else the message named
     /// by `identity` (signed material only) under `provider`, with a replay key under every
     /// key of the route (see the module's comment).
-    pub fn message(&self, provider: &str, identity: &[u8]) -> Result<Verified, VerifyError> {
+    pub fn message(
+        &self,
+        provider: &'static str,
+        identity: &[u8],
+    ) -> Result<Verified, VerifyError> {
         if self.matched.is_empty() {
             return Err(VerifyError::BadSignature);
         }
@@ -142,6 +146,9 @@ impl<'a, K> Signers<'a, K> {
             timestamp: None,
             remember_for: DEFAULT_TTL,
             answer: None,
+            event_keys: None,
+            provider,
+            signers: self.route.clone(),
         })
     }
 }

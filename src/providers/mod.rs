@@ -83,9 +83,36 @@ pub struct Verified {
     /// When set, hookguard answers the request itself instead of forwarding it (a provider's
     /// endpoint-validation challenge, such as Zoom's `endpoint.url_validation`).
     pub answer: Option<Answer>,
+    /// Keys naming the provider's *event* rather than this delivery of it, where the two
+    /// differ: Stripe signs each retry anew (a new timestamp, so a new message), but the
+    /// event's id in the signed body stays. The spool deduplicates on these (see
+    /// [`Verified::dedup_keys`]).
+    pub event_keys: Option<Vec<MessageKey>>,
+    /// The provider's name and every key of the route, to derive `event_keys`.
+    pub(crate) provider: &'static str,
+    pub(crate) signers: Vec<crate::message::SignerId>,
 }
 
 impl Verified {
+    /// The provider's event id, from signed material: the spool's deduplication key.
+    pub fn event(mut self, id: Option<&str>) -> Self {
+        if let Some(id) = id {
+            let identity = [b"event:".as_slice(), id.as_bytes()].concat();
+            self.event_keys = Some(crate::message::keys(
+                self.provider,
+                &self.signers,
+                &identity,
+            ));
+        }
+        self
+    }
+
+    /// The keys the spool deduplicates on: the event's where the provider names one, else the
+    /// message's.
+    pub fn dedup_keys(&self) -> &[MessageKey] {
+        self.event_keys.as_deref().unwrap_or(&self.keys)
+    }
+
     /// Sets the id shown to the application (default: the hex of the first replay key).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into();
@@ -170,6 +197,22 @@ pub trait Provider: Send + Sync + 'static {
     /// carry, so a released key is bound to the digest of that body.
     fn covers_body(&self) -> bool {
         true
+    }
+
+    /// The provider's id for the event a verified `body` carries, where it stays the same
+    /// across the provider's retries while the message does not (see
+    /// [`Verified::event_keys`]). Asked only for spooled routes.
+    fn event_id(&self, body: &Body) -> Option<String> {
+        let _ = body;
+        None
+    }
+
+    /// Whether the provider expects the application's own answer (Slack's slash commands and
+    /// challenges, Twilio's TwiML, Discord's interactions): such a route cannot spool, since
+    /// the spool answers in the application's stead. (Zoom's challenge is answered by
+    /// hookguard itself, before any spool, so Zoom routes may spool.)
+    fn needs_the_apps_answer(&self) -> bool {
+        false
     }
 
     /// Request headers the provider consumed as credentials (`Authorization` for

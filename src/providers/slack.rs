@@ -57,6 +57,11 @@ impl Provider for Slack {
             .signed_at(ts, now, self.tolerance))
     }
 
+    /// The application answers (a slash command or a challenge, TwiML, an interaction).
+    fn needs_the_apps_answer(&self) -> bool {
+        true
+    }
+
     fn summary(&self) -> String {
         super::summary_window(self.secrets.len(), "tolerance", self.tolerance)
     }

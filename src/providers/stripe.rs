@@ -11,10 +11,11 @@
 use std::time::{Duration, SystemTime};
 
 use super::{
-    check_window, decode_hex, hmac_matches, hmac_sign, identity_of, parse_unix, positive,
-    require_secrets, signed_json, unix_now, HmacSha256, Inbound, Keyring, OptionError, Provider,
-    ProviderFactory, SignError, SignRequest, Signed, Verified, VerifyError,
+    check_window, decode_hex, hmac_matches, hmac_sign, identity_of, json_member, parse_unix,
+    positive, require_secrets, signed_json, unix_now, HmacSha256, Inbound, Keyring, OptionError,
+    Provider, ProviderFactory, SignError, SignRequest, Signed, Verified, VerifyError,
 };
+use crate::body::Body;
 use crate::secret::Secret;
 
 pub const NAME: &str = "stripe";
@@ -79,6 +80,12 @@ impl Provider for Stripe {
                 shown.map(hex::encode).unwrap_or_default()
             ))
             .signed_at(t, now, self.tolerance))
+    }
+
+    /// Each retry is signed anew (a new `t`: a new message); the event's id in the signed body
+    /// stays the same.
+    fn event_id(&self, body: &Body) -> Option<String> {
+        json_member(body.bytes(), "id")
     }
 
     fn summary(&self) -> String {

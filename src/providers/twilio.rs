@@ -190,6 +190,11 @@ impl Provider for Twilio {
             .remember(self.ttl))
     }
 
+    /// The application answers (a slash command or a challenge, TwiML, an interaction).
+    fn needs_the_apps_answer(&self) -> bool {
+        true
+    }
+
     fn summary(&self) -> String {
         format!(
             "{} secret(s), public_url {}, ttl {}",

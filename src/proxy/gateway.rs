@@ -33,6 +33,8 @@ pub struct Gateway {
     pub(super) replay: Arc<ReplayGuard>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) upstream: UpstreamClient,
+    /// The spool, when a route spools.
+    pub(super) spool: Option<Arc<super::spool::Spool>>,
     in_flight: AtomicUsize,
     draining: AtomicBool,
 }
@@ -40,13 +42,19 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway for `config`, guarding replays with `replay` (built where the server is
     /// assembled: its store outlives config reloads).
-    pub fn new(config: Config, replay: Arc<ReplayGuard>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        replay: Arc<ReplayGuard>,
+        spool: Option<Arc<super::spool::Spool>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let snapshot = Snapshot::new(config, &metrics);
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             replay,
             metrics,
             upstream: UpstreamClient::new(),
+            spool,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
         })

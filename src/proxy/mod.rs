@@ -19,6 +19,7 @@ mod body_read;
 mod gateway;
 mod headers;
 pub mod respond;
+pub mod spool;
 mod upstream;
 
 use std::convert::Infallible;
@@ -220,6 +221,10 @@ async fn handle(
         );
     }
 
+    if route.spool {
+        return enqueue(gw, &route, parts, peer, &body, verified, report).await;
+    }
+
     // Where the signature does not cover the body (Mailgun), the keys are bound to the body:
     // a key released after a failed delivery may come back with that body and no other. The
     // digest is of the body's normalized form, so a sender re-encoding the same fields (a
@@ -264,7 +269,7 @@ async fn handle(
     };
 
     let req = match upstream_request(&route, parts, peer, &body, outgoing, &verified) {
-        Ok(req) => req,
+        Ok((req, _)) => req,
         Err(r) => {
             reservation.release().await;
             return reject(report, r, Keep::Alive);
@@ -334,7 +339,7 @@ fn upstream_request(
     body: &Body,
     normalized: Option<Bytes>,
     verified: &Verified,
-) -> Result<Request<http_body_util::Full<Bytes>>, Rejection> {
+) -> Result<(Request<http_body_util::Full<Bytes>>, Bytes), Rejection> {
     let (out_body, content_type) = match route.forward_body {
         ForwardBody::Original => (body.bytes().clone(), None),
         ForwardBody::Json => (
@@ -346,6 +351,7 @@ fn upstream_request(
         ),
     };
     let path_and_query = upstream_target(route, &parts.uri);
+    let kept = out_body.clone();
     headers::upstream_request(
         parts,
         &Forwarding {
@@ -360,7 +366,90 @@ fn upstream_request(
         },
         out_body,
     )
+    .map(|req| (req, kept))
     .map_err(|_| Rejection::MalformedBody)
+}
+
+/// A verified message on a spooled route: written to the spool (synced) and answered `202`;
+/// the spool delivers it. Deduplicated on the provider's event where it names one across its
+/// retries, else on the message's keys.
+async fn enqueue(
+    gw: &Arc<Gateway>,
+    route: &Route,
+    parts: &http::request::Parts,
+    peer: Option<IpAddr>,
+    body: &Body,
+    verified: Verified,
+    report: &mut Report<'_>,
+) -> Answer {
+    let Some(spool) = &gw.spool else {
+        return reject(report, Rejection::SpoolUnavailable, Keep::Alive);
+    };
+    let (req, out_body) = match upstream_request(route, parts, peer, body, None, &verified) {
+        Ok(x) => x,
+        Err(r) => return reject(report, r, Keep::Alive),
+    };
+    let verified = verified.event(route.provider.event_id(body).as_deref());
+    let keys = verified.dedup_keys().iter().map(|k| k.0).collect();
+    let counted = &gw.metrics.spool.enqueued;
+    let result = spool
+        .enqueue(
+            keys,
+            spool::Origin {
+                route: &route.name,
+                provider: route.provider_name,
+                id: &verified.id,
+                upstream: route.upstream.addr,
+            },
+            req,
+            out_body,
+        )
+        .await;
+    match result {
+        Ok(crate::spool::Enqueued::Queued(_)) => {
+            counted.with_label_values(&["queued"]).inc();
+            let id = serde_json::to_string(&verified.id).unwrap_or_else(|_| "\"\"".into());
+            let body = Bytes::from(format!("{{\"status\":\"queued\",\"id\":{id}}}"));
+            own(
+                report,
+                Outcome::Queued,
+                202,
+                "application/json",
+                body,
+                Keep::Alive,
+            )
+        }
+        Ok(crate::spool::Enqueued::Duplicate) => {
+            counted.with_label_values(&["duplicate"]).inc();
+            let body = Bytes::from_static(respond::DUPLICATE);
+            own(
+                report,
+                Outcome::Duplicate,
+                200,
+                "application/json",
+                body,
+                Keep::Alive,
+            )
+        }
+        Err(crate::spool::SpoolError::Full(why)) => {
+            counted.with_label_values(&["full"]).inc();
+            tracing::warn!(
+                route = route.name.as_str(),
+                why,
+                "spool full: answering 503 so the provider retries"
+            );
+            reject(report, Rejection::SpoolFull, Keep::Alive)
+        }
+        Err(crate::spool::SpoolError::Unavailable(why)) => {
+            counted.with_label_values(&["unavailable"]).inc();
+            tracing::warn!(
+                route = route.name.as_str(),
+                why = why.as_str(),
+                "spool: the message was not written; answering 503 so the provider retries"
+            );
+            reject(report, Rejection::SpoolUnavailable, Keep::Alive)
+        }
+    }
 }
 
 /// The path and query the upstream is asked for.

@@ -29,7 +29,10 @@ pub fn status(r: Rejection) -> u16 {
         Rejection::BodyTooLarge => 413,
         Rejection::MissingSignature | Rejection::StaleTimestamp | Rejection::BadSignature => 401,
         Rejection::Replayed => 409,
-        Rejection::ReplayStoreUnavailable | Rejection::ReplayStoreFull => 503,
+        Rejection::ReplayStoreUnavailable
+        | Rejection::ReplayStoreFull
+        | Rejection::SpoolFull
+        | Rejection::SpoolUnavailable => 503,
         Rejection::MalformedBody => 400,
         Rejection::ClientTimeout => 408,
         Rejection::UpstreamUnavailable => 502,

@@ -118,6 +118,8 @@ pub enum Reply {
     Slow(Duration, u16),
     /// Close the connection without answering.
     Reset,
+    /// A status with one extra response header (`Retry-After`, an abort header).
+    WithHeader(u16, &'static str, &'static str),
 }
 
 /// A real HTTP/1.1 upstream on an ephemeral port. Replies come from a script (one per
@@ -136,12 +138,22 @@ impl Upstream {
     }
 
     pub fn with_default(default: Reply) -> Self {
+        Self::on("127.0.0.1:0", default)
+    }
+
+    /// An upstream on a given port (one that was down comes up at the address the proxy
+    /// already knows).
+    pub fn on_port(port: u16, default: Reply) -> Self {
+        Self::on(&format!("127.0.0.1:{port}"), default)
+    }
+
+    fn on(addr: &str, default: Reply) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        let std_listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let std_listener = TcpListener::bind(addr).expect("bind upstream");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let port = std_listener.local_addr().expect("addr").port();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -182,6 +194,7 @@ impl Upstream {
                                 body: body.to_vec(),
                             });
                             let reply = sc.lock().unwrap().pop_front().unwrap_or(default);
+                            let mut extra = None;
                             let (status, body) = match reply {
                                 Reply::Status(s, b) => (s, b),
                                 Reply::Slow(d, s) => {
@@ -189,11 +202,19 @@ impl Upstream {
                                     (s, "{\"slow\":true}")
                                 }
                                 Reply::Reset => return Err("reset".to_owned()),
+                                Reply::WithHeader(s, name, value) => {
+                                    extra = Some((name, value));
+                                    (s, "{}")
+                                }
                             };
-                            Ok(Response::builder()
+                            let mut response = Response::builder()
                                 .status(status)
                                 .header("content-type", "application/json")
-                                .header("x-upstream", "yes")
+                                .header("x-upstream", "yes");
+                            if let Some((name, value)) = extra {
+                                response = response.header(name, value);
+                            }
+                            Ok(response
                                 .body(Full::new(Bytes::from_static(body.as_bytes())))
                                 .unwrap())
                         }
@@ -299,7 +320,12 @@ impl Proxy {
     }
 
     fn spawn(&mut self, args: &[&str], env: &[(&str, &str)]) {
-        let log = std::fs::File::create(self.log_path()).expect("log file");
+        // Appended to: a restarted proxy's log follows the one before.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookguard"));
         cmd.arg("--config")
             .arg(self.config_path())
@@ -342,6 +368,34 @@ impl Proxy {
             assert!(Instant::now() < deadline, "log never got there:\n{log}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the process with SIGKILL (no draining, no cleanup) and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same config (after [`Proxy::kill9`] or an exit).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn(&[], &[]);
+    }
+
+    /// Runs `hookguard <args>` beside this proxy (the CLI's subcommands); its exit code and
+    /// output.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_hookguard"))
+            .args(args)
+            .output()
+            .expect("run hookguard");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn pid(&self) -> i32 {

@@ -1,0 +1,182 @@
+//! The spool's settings: where it lives, how much it may hold, how hard it retries. Present
+//! when the config has a `spool:` section or any route says `spool: true`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use super::introspect::struct_fields;
+use super::load::Loader;
+use super::positions::YPath;
+use crate::secret::Secret;
+
+/// A durable queue between the provider and the application (see `crate::spool`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolSettings {
+    /// The embedded store's file (created if missing).
+    pub path: PathBuf,
+    /// Bound on the bytes of queued and dead messages: past it, new messages get 503
+    /// `spool_full`.
+    pub max_bytes: u64,
+    /// Free space the spool's file system must keep: below it, 503 `spool_full`.
+    pub min_free_bytes: u64,
+    /// Longest wait for a message to be written and synced before answering 503
+    /// `spool_unavailable`.
+    pub commit_timeout: Duration,
+    /// How long a message's key is remembered, to answer copies of it (longer than any
+    /// provider's retry horizon: Stripe retries for 3 days).
+    pub dedup_ttl: Duration,
+    /// A message not delivered within this long after it arrived is dead-lettered.
+    pub max_age: Duration,
+    /// Deliveries in progress at once.
+    pub workers: usize,
+    /// The first retry's delay; each next one doubles, up to `backoff_max` (with jitter).
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Answers 4xx other than 408/429 that a message may get before it is dead-lettered.
+    pub client_error_attempts: u32,
+    /// A response header by which the application refuses a message for good (any value):
+    /// dead-lettered at once.
+    pub abort_header: http::HeaderName,
+    /// When set, the admin listener's `/spool` endpoints require `Authorization: Bearer
+    /// <token>` from every client; when not, they answer loopback clients only.
+    pub admin_token: Option<Secret>,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        SpoolSettings {
+            path: PathBuf::from("hookguard-spool.redb"),
+            max_bytes: 1 << 30,
+            min_free_bytes: 256 << 20,
+            commit_timeout: Duration::from_secs(5),
+            dedup_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_age: Duration::from_secs(3 * 24 * 3600),
+            workers: 8,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(600),
+            client_error_attempts: 3,
+            abort_header: http::HeaderName::from_static("x-webhook-abort"),
+            admin_token: None,
+        }
+    }
+}
+
+impl SpoolSettings {
+    /// One line for `check` and the startup log. Never contains the admin token.
+    pub fn summary(&self) -> String {
+        format!(
+            "spool {} (max {} bytes, keep {} free; dedup {}, max age {}, {} workers, backoff {}..{}{})",
+            self.path.display(),
+            self.max_bytes,
+            self.min_free_bytes,
+            humantime::format_duration(self.dedup_ttl),
+            humantime::format_duration(self.max_age),
+            self.workers,
+            humantime::format_duration(self.backoff_initial),
+            humantime::format_duration(self.backoff_max),
+            if self.admin_token.is_some() {
+                ", admin token set"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSpool {
+    path: Option<PathBuf>,
+    max_bytes: Option<u64>,
+    min_free_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    commit_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    dedup_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_age: Option<Duration>,
+    workers: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_max: Option<Duration>,
+    client_error_attempts: Option<u32>,
+    abort_header: Option<String>,
+    admin_token: Option<Secret>,
+}
+
+impl Loader<'_> {
+    /// The `spool:` section, or `None` without one.
+    pub(super) fn spool(&mut self, top: &Mapping) -> Option<SpoolSettings> {
+        let path = YPath::root().key("spool");
+        if let Some(Value::Mapping(m)) = top.get("spool") {
+            self.unknown_keys(m, &path, struct_fields::<RawSpool>(), "`spool`");
+        }
+        top.get("spool")?;
+        let raw = self.get::<RawSpool>(top, "spool")?;
+        let d = SpoolSettings::default();
+        let mut positive = |key: &str, v: Option<Duration>, default: Duration| {
+            let v = v.unwrap_or(default);
+            if v.is_zero() {
+                self.error_at_value(&path.key(key), format!("`spool.{key}` must be more than 0"));
+            }
+            v
+        };
+        let commit_timeout = positive("commit_timeout", raw.commit_timeout, d.commit_timeout);
+        let dedup_ttl = positive("dedup_ttl", raw.dedup_ttl, d.dedup_ttl);
+        let max_age = positive("max_age", raw.max_age, d.max_age);
+        let backoff_initial = positive("backoff_initial", raw.backoff_initial, d.backoff_initial);
+        let backoff_max = positive("backoff_max", raw.backoff_max, d.backoff_max);
+        if backoff_max < backoff_initial {
+            self.error_at_value(
+                &path.key("backoff_max"),
+                "`spool.backoff_max` must be at least `spool.backoff_initial`".into(),
+            );
+        }
+        let workers = raw.workers.unwrap_or(d.workers);
+        if !(1..=1024).contains(&workers) {
+            self.error_at_value(
+                &path.key("workers"),
+                "`spool.workers` must be between 1 and 1024".into(),
+            );
+        }
+        let max_bytes = raw.max_bytes.unwrap_or(d.max_bytes);
+        if max_bytes == 0 {
+            self.error_at_value(
+                &path.key("max_bytes"),
+                "`spool.max_bytes` must be more than 0".into(),
+            );
+        }
+        let abort_header = match raw.abort_header {
+            None => d.abort_header,
+            Some(h) => match http::HeaderName::from_bytes(h.trim().as_bytes()) {
+                Ok(name) => name,
+                Err(_) => {
+                    let shown = self.shown(&path.key("abort_header"), &h);
+                    self.error_at_value(
+                        &path.key("abort_header"),
+                        format!("`spool.abort_header`: {shown} is not a header name"),
+                    );
+                    d.abort_header
+                }
+            },
+        };
+        Some(SpoolSettings {
+            path: raw.path.unwrap_or(d.path),
+            max_bytes,
+            min_free_bytes: raw.min_free_bytes.unwrap_or(d.min_free_bytes),
+            commit_timeout,
+            dedup_ttl,
+            max_age,
+            workers,
+            backoff_initial,
+            backoff_max,
+            client_error_attempts: raw.client_error_attempts.unwrap_or(d.client_error_attempts),
+            abort_header,
+            admin_token: raw.admin_token.filter(|t| !t.is_empty()),
+        })
+    }
+}

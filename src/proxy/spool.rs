@@ -1,0 +1,232 @@
+//! The HTTP side of the spool: a verified message is turned into the request the application
+//! will receive and written to the spool (the provider is answered 202 once it is synced);
+//! later, the spool's workers send it through [`SpoolDeliverer`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use pingora::time::fast_timeout::fast_timeout;
+
+use super::upstream::UpstreamClient;
+use crate::config::Timeouts;
+use crate::spool::{
+    Attempt, Deliver, Delivery, Enqueued, Envelope, Incoming as Message, Outcome, SpoolError,
+    SpoolStore,
+};
+
+/// The spool as the public listener uses it.
+pub struct Spool {
+    pub store: SpoolStore,
+    pub delivery: Arc<Delivery>,
+    pub commit_timeout: Duration,
+}
+
+impl Spool {
+    /// Writes `request` (as the application is to receive it) under `keys`; returns once it is
+    /// synced, or refused.
+    pub async fn enqueue(
+        &self,
+        keys: Vec<u128>,
+        origin: Origin<'_>,
+        request: Request<Full<Bytes>>,
+        body: Bytes,
+    ) -> Result<Enqueued, SpoolError> {
+        let Origin {
+            route,
+            provider,
+            id,
+            upstream,
+        } = origin;
+        let (parts, _) = request.into_parts();
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != http::header::CONTENT_LENGTH)
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        let envelope = Envelope {
+            route: route.to_owned(),
+            provider: provider.to_owned(),
+            id: id.to_owned(),
+            received_ms: crate::spool::now_ms(),
+            upstream: upstream.to_string(),
+            method: parts.method.as_str().to_owned(),
+            target: parts.uri.to_string(),
+            headers,
+        };
+        let message = Message {
+            keys,
+            envelope,
+            body,
+        };
+        let enqueued = match fast_timeout(self.commit_timeout, self.store.enqueue(message)).await {
+            Ok(r) => r,
+            Err(_) => Err(SpoolError::Unavailable(
+                "no commit within spool.commit_timeout".into(),
+            )),
+        };
+        if matches!(enqueued, Ok(Enqueued::Queued(_))) {
+            self.delivery.wake.notify_one();
+        }
+        enqueued
+    }
+}
+
+/// Where a message came from and goes to, for its record.
+pub struct Origin<'a> {
+    pub route: &'a str,
+    pub provider: &'a str,
+    /// `X-Webhook-Id`.
+    pub id: &'a str,
+    pub upstream: std::net::SocketAddr,
+}
+
+/// Sends spooled messages to the application over a connection pool of its own.
+pub struct SpoolDeliverer {
+    upstream: UpstreamClient,
+    timeouts: Timeouts,
+    abort_header: http::HeaderName,
+}
+
+impl SpoolDeliverer {
+    pub fn new(timeouts: Timeouts, abort_header: http::HeaderName) -> Arc<Self> {
+        Arc::new(SpoolDeliverer {
+            upstream: UpstreamClient::new(),
+            timeouts,
+            abort_header,
+        })
+    }
+}
+
+/// The request of one attempt: the stored one, with the attempt's number and the time the
+/// message first arrived.
+fn request(attempt: &Attempt<'_>) -> Result<Request<Full<Bytes>>, String> {
+    let e = &attempt.record.envelope;
+    let mut b = Request::builder()
+        .method(e.method.as_str())
+        .uri(e.target.as_str())
+        .version(http::Version::HTTP_11);
+    for (name, value) in &e.headers {
+        b = b.header(name.as_str(), value.as_slice());
+    }
+    let first = std::time::UNIX_EPOCH + Duration::from_millis(e.received_ms);
+    b.header(http::header::CONTENT_LENGTH, attempt.body.len())
+        .header("x-webhook-attempt", attempt.record.attempts)
+        .header(
+            "x-webhook-first-received",
+            humantime::format_rfc3339_seconds(first).to_string(),
+        )
+        .body(Full::new(attempt.body.clone()))
+        .map_err(|e| e.to_string())
+}
+
+/// `Retry-After`: seconds, or an HTTP date.
+fn retry_after(response: &Response<Incoming>) -> Option<Duration> {
+    let value = response
+        .headers()
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    if let Ok(secs) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate_parse(value.trim())?;
+    at.duration_since(std::time::SystemTime::now()).ok()
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), through humantime's RFC 3339 parser.
+fn httpdate_parse(s: &str) -> Option<std::time::SystemTime> {
+    let mut parts = s.split_whitespace().skip(1);
+    let (day, month, year, time) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let month = match month {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    humantime::parse_rfc3339(&format!("{year}-{month:02}-{day:0>2}T{time}Z")).ok()
+}
+
+#[async_trait]
+impl Deliver for SpoolDeliverer {
+    async fn deliver(&self, attempt: Attempt<'_>) -> Outcome {
+        let req = match request(&attempt) {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome {
+                    note: format!("the stored request is invalid: {e}"),
+                    ..Outcome::default()
+                }
+            }
+        };
+        let Ok(addr) = attempt.record.envelope.upstream.parse() else {
+            return Outcome {
+                note: "the stored upstream address is invalid".into(),
+                ..Outcome::default()
+            };
+        };
+        match self.upstream.send(addr, &self.timeouts, req).await {
+            Ok(exchange) => {
+                let status = exchange.response.status().as_u16();
+                let aborted = exchange.response.headers().contains_key(&self.abort_header);
+                let retry_after = retry_after(&exchange.response);
+                // The body is read to its end (bounded in time), so the connection goes back to
+                // the pool; its contents are not needed.
+                let body = super::respond::relay(
+                    exchange.response,
+                    exchange.lease,
+                    self.timeouts.upstream_read,
+                );
+                let read =
+                    fast_timeout(self.timeouts.upstream_read, body.into_body().collect()).await;
+                let note = match read {
+                    Ok(Ok(_)) => format!("answered {status}"),
+                    _ => format!("answered {status} (body cut off)"),
+                };
+                Outcome {
+                    status: Some(status),
+                    timed_out: false,
+                    retry_after,
+                    aborted,
+                    note,
+                }
+            }
+            Err(r) => Outcome {
+                status: None,
+                timed_out: r == crate::outcome::Rejection::UpstreamTimeout,
+                retry_after: None,
+                aborted: false,
+                note: r.code().to_owned(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates() {
+        let t = httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(
+            humantime::format_rfc3339_seconds(t).to_string(),
+            "1994-11-06T08:49:37Z"
+        );
+        assert!(httpdate_parse("yesterday").is_none());
+    }
+}

@@ -1,0 +1,397 @@
+//! Delivering spooled messages: a scheduler that hands due messages to a bounded number of
+//! workers, oldest due first (with a share for the newest, so a long backlog does not starve
+//! what just arrived), and the rules for what an answer means.
+//!
+//! - 2xx: delivered (the record and body are deleted; the keys stay for `dedup_ttl`);
+//! - 408, 429, 5xx, no answer, a connection error: retried after a backoff that doubles from
+//!   `backoff_initial` to `backoff_max`, with jitter, or after `Retry-After` if longer;
+//! - another 4xx: retried `client_error_attempts` times, then dead-lettered; the
+//!   application's `abort_header` dead-letters at once; a message older than `max_age` too.
+//!
+//! While an upstream is down (no answer, a connection error, a 5xx), only one message at a
+//! time is tried against it, once per backoff step: a probe. When a probe is answered, every
+//! queued message to that upstream is made due and the backlog drains. The log says when
+//! delivery to an upstream stops and resumes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{Notify, Semaphore};
+
+use super::store::{Finish, SpoolStore};
+use super::{ms, now_ms, Record};
+use crate::config::SpoolSettings;
+
+/// One attempt to give a message to the application.
+pub struct Attempt<'a> {
+    pub record: &'a Record,
+    pub body: Bytes,
+}
+
+/// What the application answered (or did not).
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The response's status; `None`: no answer (connection refused or broken, timed out).
+    pub status: Option<u16>,
+    /// The answer did not come in time: the application may have the message all the same.
+    pub timed_out: bool,
+    /// `Retry-After`, when the answer had one.
+    pub retry_after: Option<Duration>,
+    /// The application's abort header was in the answer.
+    pub aborted: bool,
+    /// A short description, for the record.
+    pub note: String,
+}
+
+/// Sends one attempt (the proxy implements it with its upstream connections).
+#[async_trait]
+pub trait Deliver: Send + Sync + 'static {
+    async fn deliver(&self, attempt: Attempt<'_>) -> Outcome;
+}
+
+/// What the spool reports, for the metrics.
+pub trait Observer: Send + Sync + 'static {
+    /// An attempt ended: `delivered`, `retry` or `dead`.
+    fn attempt(&self, result: &'static str);
+    /// A message was dead-lettered, for `reason`.
+    fn dead(&self, reason: &str);
+    /// A message was delivered `lag` after it first arrived.
+    fn delivered(&self, lag: Duration);
+    /// An attempt whose fate is unknown (interrupted, or unanswered in time).
+    fn ambiguous(&self);
+}
+
+/// A down upstream's state.
+struct Down {
+    since: Instant,
+    step: u32,
+    next_probe: Instant,
+    probing: bool,
+}
+
+/// The delivery engine of one spool.
+pub struct Delivery {
+    store: SpoolStore,
+    settings: SpoolSettings,
+    deliver: Arc<dyn Deliver>,
+    observer: Arc<dyn Observer>,
+    /// Woken when a message is enqueued.
+    pub wake: Notify,
+    workers: Arc<Semaphore>,
+    in_flight: Mutex<HashSet<u64>>,
+    down: Mutex<HashMap<String, Down>>,
+}
+
+impl Delivery {
+    pub fn new(
+        store: SpoolStore,
+        settings: SpoolSettings,
+        deliver: Arc<dyn Deliver>,
+        observer: Arc<dyn Observer>,
+    ) -> Arc<Self> {
+        Arc::new(Delivery {
+            workers: Arc::new(Semaphore::new(settings.workers)),
+            store,
+            settings,
+            deliver,
+            observer,
+            wake: Notify::new(),
+            in_flight: Mutex::new(HashSet::new()),
+            down: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The backoff before attempt `n + 1` (`n` attempts made), with ±20% jitter.
+    fn backoff(&self, n: u32) -> Duration {
+        let base = self.settings.backoff_initial.as_millis() as f64;
+        let max = self.settings.backoff_max.as_millis() as f64;
+        let d = (base * 2f64.powi(n.saturating_sub(1).min(40) as i32)).min(max);
+        let jitter = 0.8 + 0.4 * fraction();
+        Duration::from_millis((d * jitter) as u64)
+    }
+
+    /// Runs the scheduler until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let mut last_sweep = Instant::now();
+        loop {
+            let blocked_until = self.dispatch().await;
+            if last_sweep.elapsed() > Duration::from_secs(60) {
+                last_sweep = Instant::now();
+                if let Err(e) = self.store.sweep().await {
+                    tracing::warn!(error = %e, "spool: sweeping expired keys failed");
+                }
+            }
+            // Until something is enqueued, a delivery ends, or the next message is due (or,
+            // when every due message waits for a down upstream, its next probe).
+            let wait = match (blocked_until, self.store.next_due()) {
+                (Some(probe), _) => probe.saturating_duration_since(Instant::now()),
+                (None, Ok(Some(at))) => Duration::from_millis(at.saturating_sub(now_ms())),
+                (None, _) => Duration::from_secs(1),
+            };
+            let wait = wait.clamp(Duration::from_millis(5), Duration::from_secs(1));
+            let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+        }
+    }
+
+    /// Starts a delivery for each due message a worker is free for. When due messages were
+    /// found and none could start because their upstreams are down, returns the earliest
+    /// next probe (the scheduler sleeps until then instead of scanning again).
+    async fn dispatch(self: &Arc<Self>) -> Option<Instant> {
+        let batch = self.settings.workers * 4;
+        let Ok(mut due) = self.store.due(now_ms(), batch) else {
+            return None;
+        };
+        let mut started = false;
+        let mut waiting_for_probe = false;
+        // The newest due get a share, so that a long backlog does not starve them.
+        if due.len() == batch {
+            if let Ok(all) = self.store.due(now_ms(), batch * 16) {
+                let newest: Vec<_> = all.iter().rev().take(batch / 4).copied().collect();
+                due.truncate(batch - newest.len());
+                due.extend(newest);
+            }
+        }
+        for (_, seq) in due {
+            if self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&seq)
+            {
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&self.workers).try_acquire_owned() else {
+                return None; // every worker busy: woken when one ends
+            };
+            let Ok(Some((record, _))) = self.store.get(seq) else {
+                continue;
+            };
+            if !self.may_try(&record.envelope.upstream) {
+                waiting_for_probe = true;
+                continue;
+            }
+            started = true;
+            self.in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(seq);
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                me.attempt(seq).await;
+                me.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&seq);
+                drop(permit);
+                me.wake.notify_one();
+            });
+        }
+        if started || !waiting_for_probe {
+            return None;
+        }
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.values()
+            .filter(|d| !d.probing)
+            .map(|d| d.next_probe)
+            .min()
+            .or_else(|| Some(Instant::now() + Duration::from_secs(1)))
+    }
+
+    /// Whether a message to `upstream` may be tried now: always while it is up; while it is
+    /// down, one probe per backoff step.
+    fn may_try(&self, upstream: &str) -> bool {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match down.get_mut(upstream) {
+            None => true,
+            Some(d) if d.probing || Instant::now() < d.next_probe => false,
+            Some(d) => {
+                d.probing = true;
+                true
+            }
+        }
+    }
+
+    /// The upstream answered (or did not): its state follows.
+    async fn upstream_seen(&self, upstream: &str, reachable: bool) {
+        let woke = {
+            let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+            if reachable {
+                match down.remove(upstream) {
+                    Some(d) => {
+                        tracing::info!(
+                            upstream,
+                            down_for = ?d.since.elapsed(),
+                            "spool: delivery to the upstream resumes"
+                        );
+                        true
+                    }
+                    None => false,
+                }
+            } else {
+                match down.get_mut(upstream) {
+                    Some(d) => {
+                        d.step += 1;
+                        d.next_probe = Instant::now() + self.backoff(d.step);
+                        d.probing = false;
+                    }
+                    None => {
+                        tracing::warn!(
+                            upstream,
+                            "spool: the upstream does not take messages; delivery stops, one probe per backoff step"
+                        );
+                        down.insert(
+                            upstream.to_owned(),
+                            Down {
+                                since: Instant::now(),
+                                step: 1,
+                                next_probe: Instant::now() + self.backoff(1),
+                                probing: false,
+                            },
+                        );
+                    }
+                }
+                false
+            }
+        };
+        if woke {
+            // The backlog to it drains now, not at each message's own backoff.
+            match self.store.wake(upstream).await {
+                Ok(n) if n > 0 => tracing::info!(upstream, messages = n, "spool: backlog due"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "spool: could not wake the backlog"),
+            }
+        }
+    }
+
+    /// One attempt of message `seq`, recorded before it is made and after it ends.
+    async fn attempt(&self, seq: u64) {
+        let (record, body, interrupted) = match self.store.start(seq).await {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, seq, "spool: could not record an attempt");
+                return;
+            }
+        };
+        let upstream = record.envelope.upstream.clone();
+        if interrupted {
+            // The previous attempt started and never ended (hookguard stopped mid-delivery):
+            // the application may have the message already.
+            self.observer.ambiguous();
+        }
+        let age = Duration::from_millis(now_ms().saturating_sub(record.envelope.received_ms));
+        if age > self.settings.max_age {
+            self.finish_dead(&record, "expired", format!("older than max_age ({age:?})"))
+                .await;
+            self.release_probe(&upstream);
+            return;
+        }
+        let outcome = self
+            .deliver
+            .deliver(Attempt {
+                record: &record,
+                body,
+            })
+            .await;
+        let status = outcome.status;
+        let finish = match status {
+            Some(s) if (200..300).contains(&s) => Finish::Delivered,
+            _ if outcome.aborted => Finish::Dead {
+                reason: "aborted".into(),
+                note: outcome.note.clone(),
+            },
+            Some(s) if s != 408 && s != 429 && (400..500).contains(&s) => {
+                if record.client_errors + 1 >= self.settings.client_error_attempts {
+                    Finish::Dead {
+                        reason: "client_error".into(),
+                        note: outcome.note.clone(),
+                    }
+                } else {
+                    self.retry(&record, &outcome, true)
+                }
+            }
+            _ => self.retry(&record, &outcome, false),
+        };
+        if outcome.timed_out {
+            self.observer.ambiguous();
+        }
+        let (result, dead) = match &finish {
+            Finish::Delivered => ("delivered", None),
+            Finish::Retry { .. } => ("retry", None),
+            Finish::Dead { reason, .. } => ("dead", Some(reason.clone())),
+        };
+        if let Err(e) = self.store.finish(seq, finish).await {
+            tracing::warn!(error = %e, seq, "spool: could not record an attempt's result; the message will be tried again");
+        }
+        self.observer.attempt(result);
+        if let Some(reason) = dead {
+            self.observer.dead(&reason);
+            tracing::warn!(
+                seq,
+                route = record.envelope.route.as_str(),
+                reason,
+                "spool: message dead-lettered"
+            );
+        }
+        if result == "delivered" {
+            self.observer.delivered(Duration::from_millis(
+                now_ms().saturating_sub(record.envelope.received_ms),
+            ));
+        }
+        // The upstream is down when it does not answer, or answers 5xx.
+        let reachable = matches!(status, Some(s) if s < 500);
+        self.upstream_seen(&upstream, reachable).await;
+    }
+
+    fn release_probe(&self, upstream: &str) {
+        if let Some(d) = self
+            .down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(upstream)
+        {
+            d.probing = false;
+        }
+    }
+
+    fn retry(&self, record: &Record, outcome: &Outcome, client_error: bool) -> Finish {
+        let mut wait = self.backoff(record.attempts);
+        if let Some(after) = outcome.retry_after {
+            wait = wait.max(after.min(self.settings.max_age));
+        }
+        Finish::Retry {
+            next_ms: now_ms().saturating_add(ms(wait)),
+            note: outcome.note.clone(),
+            client_error,
+            ambiguous: outcome.timed_out,
+        }
+    }
+
+    async fn finish_dead(&self, record: &Record, reason: &str, note: String) {
+        let finish = Finish::Dead {
+            reason: reason.into(),
+            note,
+        };
+        if let Err(e) = self.store.finish(record.seq, finish).await {
+            tracing::warn!(error = %e, "spool: could not dead-letter a message");
+            return;
+        }
+        self.observer.attempt("dead");
+        self.observer.dead(reason);
+        tracing::warn!(
+            seq = record.seq,
+            route = record.envelope.route.as_str(),
+            reason,
+            "spool: message dead-lettered"
+        );
+    }
+}
+
+/// A fraction in [0, 1) for jitter (not secret).
+fn fraction() -> f64 {
+    let token = crate::random::hex_token(8);
+    u32::from_str_radix(&token, 16).map_or(0.5, |n| f64::from(n) / f64::from(u32::MAX))
+}

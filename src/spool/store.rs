@@ -1,0 +1,728 @@
+//! The embedded spool store: one redb file (a transactional, crash-safe B-tree store; one
+//! fsync per commit). Every write goes through one writer thread, which takes all the
+//! writes waiting when it starts a transaction and commits them together: the fsync is
+//! shared by every request that arrived meanwhile (group commit), and none waits longer than
+//! one commit beyond the one in progress.
+//!
+//! Tables: `messages` (seq → record, JSON), `bodies` (seq → body bytes), `due` ((next attempt
+//! ms, seq) for queued messages, oldest first), `dedup` (key → (seq, until ms)) with its
+//! expiry index `dedup_expiry`, and `meta` (counters). A delivered message's record and body
+//! are deleted; its keys stay until `dedup_ttl` ends, so a copy is still recognised.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::{now_ms, Enqueued, Filter, Incoming, Record, SpoolError, State};
+
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
+const DEDUP: TableDefinition<u128, (u64, u64)> = TableDefinition::new("dedup");
+const DEDUP_EXPIRY: TableDefinition<(u64, u128), ()> = TableDefinition::new("dedup_expiry");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const NEXT_SEQ: &str = "next_seq";
+const QUEUED: &str = "queued";
+const QUEUED_BYTES: &str = "queued_bytes";
+const DEAD: &str = "dead";
+const DEAD_BYTES: &str = "dead_bytes";
+/// Durable totals (they survive restarts, unlike the process's metrics): messages delivered,
+/// and attempts whose fate is unknown.
+const DELIVERED_TOTAL: &str = "delivered_total";
+const AMBIGUOUS_TOTAL: &str = "ambiguous_total";
+
+/// Writes taken into one transaction at most.
+const MAX_BATCH: usize = 512;
+
+/// Limits checked at enqueue.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub min_free_bytes: u64,
+    pub dedup_ttl: Duration,
+}
+
+/// The outcome of an attempt, as the store records it.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// The application took it: record and body deleted.
+    Delivered,
+    /// Another attempt at `next_ms`.
+    Retry {
+        next_ms: u64,
+        note: String,
+        client_error: bool,
+        ambiguous: bool,
+    },
+    /// Given up on.
+    Dead { reason: String, note: String },
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
+
+/// An attempt recorded as started: the record (its `attempts` counting this one), the body,
+/// and whether the previous attempt had been interrupted (started, never finished).
+pub type Started = (Box<Record>, Bytes, bool);
+
+enum Op {
+    Enqueue(Incoming, Reply<Enqueued>),
+    /// An attempt starts: recorded before the request goes out. `None`: not queued (any more).
+    Start(u64, Reply<Option<Started>>),
+    Finish(u64, Finish, Reply<()>),
+    /// Queued messages to `upstream` due now (it is back).
+    Wake(String, Reply<usize>),
+    Retry(Filter, Reply<usize>),
+    Purge(Filter, Reply<usize>),
+    Sweep(Reply<usize>),
+}
+
+/// Counts and sizes, for metrics and `hookguard spool`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreStats {
+    pub queued: u64,
+    pub queued_bytes: u64,
+    pub dead: u64,
+    pub dead_bytes: u64,
+    /// When the oldest queued message arrived (unix ms).
+    pub oldest_queued_ms: Option<u64>,
+    /// Since the spool file was created: messages written (each once), delivered, and
+    /// attempts whose fate is unknown (each may have been an extra delivery).
+    pub enqueued_total: u64,
+    pub delivered_total: u64,
+    pub ambiguous_total: u64,
+}
+
+/// The spool's store: cheap to clone, shared by the proxy, the workers and the admin
+/// listener.
+#[derive(Clone)]
+pub struct SpoolStore {
+    db: Arc<Database>,
+    ops: mpsc::Sender<Op>,
+}
+
+impl SpoolStore {
+    /// Opens (or creates) the spool at `path` and starts its writer thread. `on_commit` sees
+    /// each commit's duration.
+    pub fn open(
+        path: &Path,
+        limits: Limits,
+        on_commit: Box<dyn Fn(Duration) + Send>,
+    ) -> Result<SpoolStore, String> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => format!(
+                "{} is open in another process (a running hookguard: use its admin listener)",
+                path.display()
+            ),
+            e => format!("cannot open the spool {}: {e}", path.display()),
+        })?;
+        let db = Arc::new(db);
+        // The tables exist from the start: readers never find one missing.
+        {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            for t in [MESSAGES, BODIES] {
+                txn.open_table(t).map_err(|e| e.to_string())?;
+            }
+            txn.open_table(DUE).map_err(|e| e.to_string())?;
+            txn.open_table(DEDUP).map_err(|e| e.to_string())?;
+            txn.open_table(DEDUP_EXPIRY).map_err(|e| e.to_string())?;
+            txn.open_table(META).map_err(|e| e.to_string())?;
+            txn.commit().map_err(|e| e.to_string())?;
+        }
+        let (ops, rx) = mpsc::channel();
+        let writer = Writer {
+            db: Arc::clone(&db),
+            dir: path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            limits,
+            on_commit,
+        };
+        std::thread::Builder::new()
+            .name("hookguard-spool".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| format!("cannot start the spool's writer: {e}"))?;
+        Ok(SpoolStore { db, ops })
+    }
+
+    async fn ask<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, SpoolError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(op(tx))
+            .map_err(|_| SpoolError::Unavailable("the spool's writer stopped".into()))?;
+        rx.await
+            .map_err(|_| SpoolError::Unavailable("the spool's writer stopped".into()))?
+    }
+
+    /// Writes `message` (synced to disk when this returns `Queued`), unless one of its keys is
+    /// already spooled or delivered.
+    pub async fn enqueue(&self, message: Incoming) -> Result<Enqueued, SpoolError> {
+        self.ask(|r| Op::Enqueue(message, r)).await
+    }
+
+    /// Records that an attempt starts (or `None`: not queued).
+    pub async fn start(&self, seq: u64) -> Result<Option<Started>, SpoolError> {
+        self.ask(|r| Op::Start(seq, r)).await
+    }
+
+    pub async fn finish(&self, seq: u64, finish: Finish) -> Result<(), SpoolError> {
+        self.ask(|r| Op::Finish(seq, finish, r)).await
+    }
+
+    /// Makes every queued message to `upstream` due now; returns how many.
+    pub async fn wake(&self, upstream: &str) -> Result<usize, SpoolError> {
+        let upstream = upstream.to_owned();
+        self.ask(|r| Op::Wake(upstream, r)).await
+    }
+
+    /// Dead (or queued) messages matching `filter` queued again, due now.
+    pub async fn retry(&self, filter: Filter) -> Result<usize, SpoolError> {
+        self.ask(|r| Op::Retry(filter, r)).await
+    }
+
+    /// Messages matching `filter` deleted (their keys stay: copies are still duplicates).
+    pub async fn purge(&self, filter: Filter) -> Result<usize, SpoolError> {
+        self.ask(|r| Op::Purge(filter, r)).await
+    }
+
+    /// Forgets keys whose `dedup_ttl` is over; returns how many.
+    pub async fn sweep(&self) -> Result<usize, SpoolError> {
+        self.ask(Op::Sweep).await
+    }
+
+    /// Up to `limit` queued messages due at `now_ms`, oldest due first: (due ms, seq).
+    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>, SpoolError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let due = txn.open_table(DUE).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in due
+            .range((0, 0)..=(now_ms, u64::MAX))
+            .map_err(unavailable)?
+        {
+            let (k, _) = entry.map_err(unavailable)?;
+            out.push(k.value());
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest time a queued message is due, if any.
+    pub fn next_due(&self) -> Result<Option<u64>, SpoolError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let due = txn.open_table(DUE).map_err(unavailable)?;
+        let first = due.first().map_err(unavailable)?;
+        Ok(first.map(|(k, _)| k.value().0))
+    }
+
+    /// One message, with its body.
+    pub fn get(&self, seq: u64) -> Result<Option<(Record, Bytes)>, SpoolError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+        let bodies = txn.open_table(BODIES).map_err(unavailable)?;
+        let Some(record) = messages.get(seq).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let record = decode(record.value())?;
+        let body = bodies
+            .get(seq)
+            .map_err(unavailable)?
+            .map(|b| Bytes::copy_from_slice(b.value()))
+            .unwrap_or_default();
+        Ok(Some((record, body)))
+    }
+
+    /// The messages matching `filter`, in arrival order.
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Record>, SpoolError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+        let now = now_ms();
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        for entry in messages.iter().map_err(unavailable)? {
+            let (_, v) = entry.map_err(unavailable)?;
+            let record = decode(v.value())?;
+            if filter.matches(&record, now) {
+                out.push(record);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> Result<StoreStats, SpoolError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let meta = txn.open_table(META).map_err(unavailable)?;
+        let get = |k: &str| -> Result<u64, SpoolError> {
+            Ok(meta.get(k).map_err(unavailable)?.map_or(0, |v| v.value()))
+        };
+        let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+        // Arrival order is seq order: the first queued record is the oldest.
+        let mut oldest_queued_ms = None;
+        for entry in messages.iter().map_err(unavailable)? {
+            let (_, v) = entry.map_err(unavailable)?;
+            let record = decode(v.value())?;
+            if record.state == State::Queued {
+                oldest_queued_ms = Some(record.envelope.received_ms);
+                break;
+            }
+        }
+        Ok(StoreStats {
+            queued: get(QUEUED)?,
+            queued_bytes: get(QUEUED_BYTES)?,
+            dead: get(DEAD)?,
+            dead_bytes: get(DEAD_BYTES)?,
+            oldest_queued_ms,
+            enqueued_total: get(NEXT_SEQ)?.saturating_sub(1),
+            delivered_total: get(DELIVERED_TOTAL)?,
+            ambiguous_total: get(AMBIGUOUS_TOTAL)?,
+        })
+    }
+
+    /// Keys remembered (delivered and spooled messages), for tests and `spool` output.
+    pub fn keys_remembered(&self) -> Result<u64, SpoolError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let dedup = txn.open_table(DEDUP).map_err(unavailable)?;
+        dedup.len().map_err(unavailable)
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> SpoolError {
+    SpoolError::Unavailable(e.to_string())
+}
+
+fn decode(bytes: &[u8]) -> Result<Record, SpoolError> {
+    serde_json::from_slice(bytes).map_err(|e| SpoolError::Unavailable(format!("a record: {e}")))
+}
+
+fn encode(record: &Record) -> Vec<u8> {
+    // A record is plain data: serializing it cannot fail.
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
+/// The writer thread.
+struct Writer {
+    db: Arc<Database>,
+    /// The spool's directory, for the free-space check.
+    dir: PathBuf,
+    limits: Limits,
+    on_commit: Box<dyn Fn(Duration) + Send>,
+}
+
+/// An op's reply, sent once its transaction is committed (or has failed).
+enum Pending {
+    Enqueued(Reply<Enqueued>, Result<Enqueued, SpoolError>),
+    Started(Reply<Option<Started>>, Result<Option<Started>, SpoolError>),
+    Done(Reply<()>, Result<(), SpoolError>),
+    Count(Reply<usize>, Result<usize, SpoolError>),
+}
+
+impl Pending {
+    fn fail(self, e: &SpoolError) {
+        match self {
+            Pending::Enqueued(r, _) => drop(r.send(Err(e.clone()))),
+            Pending::Started(r, _) => drop(r.send(Err(e.clone()))),
+            Pending::Done(r, _) => drop(r.send(Err(e.clone()))),
+            Pending::Count(r, _) => drop(r.send(Err(e.clone()))),
+        }
+    }
+
+    fn send(self) {
+        match self {
+            Pending::Enqueued(r, v) => drop(r.send(v)),
+            Pending::Started(r, v) => drop(r.send(v)),
+            Pending::Done(r, v) => drop(r.send(v)),
+            Pending::Count(r, v) => drop(r.send(v)),
+        }
+    }
+}
+
+impl Writer {
+    fn run(self, rx: mpsc::Receiver<Op>) {
+        // Blocks for the first op of a batch, then takes whatever else is waiting.
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    /// Whether the file system keeps its reserve.
+    fn disk_has_room(&self) -> bool {
+        match rustix::fs::statvfs(&self.dir) {
+            Ok(s) => s.f_bavail.saturating_mul(s.f_frsize) >= self.limits.min_free_bytes,
+            // Unknown: let the write itself tell.
+            Err(_) => true,
+        }
+    }
+
+    fn commit(&self, batch: Vec<Op>) {
+        let started = Instant::now();
+        let room = batch.iter().any(|op| matches!(op, Op::Enqueue(..))) && !self.disk_has_room();
+        let txn = match self.db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                let e = unavailable(e);
+                for op in batch {
+                    reply_error(op, &e);
+                }
+                return;
+            }
+        };
+        let mut pending = Vec::with_capacity(batch.len());
+        let now = now_ms();
+        for op in batch {
+            pending.push(match op {
+                Op::Enqueue(m, r) => {
+                    let result = if room {
+                        Err(SpoolError::Full(
+                            "free disk space below spool.min_free_bytes",
+                        ))
+                    } else {
+                        self.enqueue(&txn, m, now)
+                    };
+                    Pending::Enqueued(r, result)
+                }
+                Op::Start(seq, r) => Pending::Started(r, start(&txn, seq)),
+                Op::Finish(seq, f, r) => Pending::Done(r, finish(&txn, seq, f)),
+                Op::Wake(upstream, r) => Pending::Count(r, wake(&txn, &upstream, now)),
+                Op::Retry(filter, r) => Pending::Count(r, retry(&txn, &filter, now)),
+                Op::Purge(filter, r) => Pending::Count(r, purge(&txn, &filter, now)),
+                Op::Sweep(r) => Pending::Count(r, sweep(&txn, now)),
+            });
+        }
+        match txn.commit() {
+            Ok(()) => {
+                (self.on_commit)(started.elapsed());
+                for p in pending {
+                    p.send();
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch is on disk: every op fails, enqueues answer 503.
+                let e = unavailable(e);
+                tracing::error!(error = %e, "spool: a commit failed; the batch is refused");
+                for p in pending {
+                    p.fail(&e);
+                }
+            }
+        }
+    }
+
+    fn enqueue(
+        &self,
+        txn: &WriteTransaction,
+        m: Incoming,
+        now: u64,
+    ) -> Result<Enqueued, SpoolError> {
+        let mut dedup = txn.open_table(DEDUP).map_err(unavailable)?;
+        for key in &m.keys {
+            if let Some(v) = dedup.get(key).map_err(unavailable)? {
+                let (_, until) = v.value();
+                if until > now {
+                    return Ok(Enqueued::Duplicate);
+                }
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(unavailable)?;
+        let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<u64, SpoolError> {
+            Ok(meta.get(k).map_err(unavailable)?.map_or(0, |v| v.value()))
+        };
+        let bytes = (m.body.len()
+            + m.envelope
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()) as u64;
+        let held = get(&meta, QUEUED_BYTES)? + get(&meta, DEAD_BYTES)?;
+        if held.saturating_add(bytes) > self.limits.max_bytes {
+            return Err(SpoolError::Full("spool.max_bytes reached"));
+        }
+        let seq = get(&meta, NEXT_SEQ)?.max(1);
+        meta.insert(NEXT_SEQ, seq + 1).map_err(unavailable)?;
+        meta.insert(QUEUED, get(&meta, QUEUED)? + 1)
+            .map_err(unavailable)?;
+        meta.insert(QUEUED_BYTES, get(&meta, QUEUED_BYTES)? + bytes)
+            .map_err(unavailable)?;
+        let record = Record {
+            seq,
+            envelope: m.envelope,
+            state: State::Queued,
+            attempts: 0,
+            finished: 0,
+            client_errors: 0,
+            ambiguous: 0,
+            next_ms: now,
+            last: None,
+            bytes,
+        };
+        txn.open_table(MESSAGES)
+            .map_err(unavailable)?
+            .insert(seq, encode(&record).as_slice())
+            .map_err(unavailable)?;
+        txn.open_table(BODIES)
+            .map_err(unavailable)?
+            .insert(seq, &m.body[..])
+            .map_err(unavailable)?;
+        txn.open_table(DUE)
+            .map_err(unavailable)?
+            .insert((now, seq), ())
+            .map_err(unavailable)?;
+        let until = now.saturating_add(super::ms(self.limits.dedup_ttl));
+        let mut expiry = txn.open_table(DEDUP_EXPIRY).map_err(unavailable)?;
+        for key in m.keys {
+            dedup.insert(key, (seq, until)).map_err(unavailable)?;
+            expiry.insert((until, key), ()).map_err(unavailable)?;
+        }
+        Ok(Enqueued::Queued(seq))
+    }
+}
+
+fn reply_error(op: Op, e: &SpoolError) {
+    match op {
+        Op::Enqueue(_, r) => drop(r.send(Err(e.clone()))),
+        Op::Start(_, r) => drop(r.send(Err(e.clone()))),
+        Op::Finish(_, _, r) => drop(r.send(Err(e.clone()))),
+        Op::Wake(_, r) | Op::Retry(_, r) | Op::Purge(_, r) | Op::Sweep(r) => {
+            drop(r.send(Err(e.clone())))
+        }
+    }
+}
+
+fn read(txn: &WriteTransaction, seq: u64) -> Result<Option<Record>, SpoolError> {
+    let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+    let value = messages.get(seq).map_err(unavailable)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
+fn write(txn: &WriteTransaction, record: &Record) -> Result<(), SpoolError> {
+    txn.open_table(MESSAGES)
+        .map_err(unavailable)?
+        .insert(record.seq, encode(record).as_slice())
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+fn add(txn: &WriteTransaction, key: &str, delta: i64) -> Result<(), SpoolError> {
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let current = meta.get(key).map_err(unavailable)?.map_or(0, |v| v.value());
+    let next = if delta >= 0 {
+        current.saturating_add(delta as u64)
+    } else {
+        current.saturating_sub(delta.unsigned_abs())
+    };
+    meta.insert(key, next).map_err(unavailable)?;
+    Ok(())
+}
+
+fn start(txn: &WriteTransaction, seq: u64) -> Result<Option<Started>, SpoolError> {
+    let Some(mut record) = read(txn, seq)? else {
+        return Ok(None);
+    };
+    if record.state != State::Queued {
+        return Ok(None);
+    }
+    // An attempt started and never finished: it may have reached the application.
+    let interrupted = record.attempts > record.finished;
+    if interrupted {
+        let unknown = record.attempts - record.finished;
+        record.ambiguous += unknown;
+        record.finished = record.attempts;
+        add(txn, AMBIGUOUS_TOTAL, i64::from(unknown))?;
+    }
+    record.attempts += 1;
+    write(txn, &record)?;
+    let bodies = txn.open_table(BODIES).map_err(unavailable)?;
+    let body = bodies
+        .get(seq)
+        .map_err(unavailable)?
+        .map(|b| Bytes::copy_from_slice(b.value()))
+        .unwrap_or_default();
+    Ok(Some((Box::new(record), body, interrupted)))
+}
+
+fn finish(txn: &WriteTransaction, seq: u64, f: Finish) -> Result<(), SpoolError> {
+    let Some(mut record) = read(txn, seq)? else {
+        return Ok(());
+    };
+    if record.state != State::Queued {
+        return Ok(());
+    }
+    let mut due = txn.open_table(DUE).map_err(unavailable)?;
+    due.remove((record.next_ms, seq)).map_err(unavailable)?;
+    record.finished = record.attempts;
+    match f {
+        Finish::Delivered => {
+            txn.open_table(MESSAGES)
+                .map_err(unavailable)?
+                .remove(seq)
+                .map_err(unavailable)?;
+            txn.open_table(BODIES)
+                .map_err(unavailable)?
+                .remove(seq)
+                .map_err(unavailable)?;
+            add(txn, QUEUED, -1)?;
+            add(txn, QUEUED_BYTES, -(record.bytes as i64))?;
+            add(txn, DELIVERED_TOTAL, 1)?;
+            return Ok(());
+        }
+        Finish::Retry {
+            next_ms,
+            note,
+            client_error,
+            ambiguous,
+        } => {
+            record.client_errors += u32::from(client_error);
+            record.ambiguous += u32::from(ambiguous);
+            add(txn, AMBIGUOUS_TOTAL, i64::from(ambiguous))?;
+            record.next_ms = next_ms;
+            record.last = Some(note);
+            due.insert((next_ms, seq), ()).map_err(unavailable)?;
+        }
+        Finish::Dead { reason, note } => {
+            record.state = State::Dead { reason };
+            record.last = Some(note);
+            add(txn, QUEUED, -1)?;
+            add(txn, QUEUED_BYTES, -(record.bytes as i64))?;
+            add(txn, DEAD, 1)?;
+            add(txn, DEAD_BYTES, record.bytes as i64)?;
+        }
+    }
+    drop(due);
+    write(txn, &record)
+}
+
+/// Every record matching `filter` (a full scan: operator commands only).
+fn matching(txn: &WriteTransaction, filter: &Filter, now: u64) -> Result<Vec<Record>, SpoolError> {
+    let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+    let mut out = Vec::new();
+    for entry in messages.iter().map_err(unavailable)? {
+        let (_, v) = entry.map_err(unavailable)?;
+        let record = decode(v.value())?;
+        if filter.matches(&record, now) {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+fn wake(txn: &WriteTransaction, upstream: &str, now: u64) -> Result<usize, SpoolError> {
+    let filter = Filter {
+        state: Some("queued".into()),
+        ..Filter::default()
+    };
+    let mut n = 0;
+    for mut record in matching(txn, &filter, now)? {
+        if record.envelope.upstream != upstream || record.next_ms == now {
+            continue;
+        }
+        let mut due = txn.open_table(DUE).map_err(unavailable)?;
+        due.remove((record.next_ms, record.seq))
+            .map_err(unavailable)?;
+        // Arrival order among the woken: due at `now`, then by seq. Those already due are
+        // moved too: the messages the probes were tried on (due again a backoff later) would
+        // otherwise go after the ones never tried.
+        due.insert((now, record.seq), ()).map_err(unavailable)?;
+        drop(due);
+        record.next_ms = now;
+        write(txn, &record)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn retry(txn: &WriteTransaction, filter: &Filter, now: u64) -> Result<usize, SpoolError> {
+    let mut n = 0;
+    for mut record in matching(txn, filter, now)? {
+        let mut due = txn.open_table(DUE).map_err(unavailable)?;
+        if let State::Dead { .. } = record.state {
+            add(txn, DEAD, -1)?;
+            add(txn, DEAD_BYTES, -(record.bytes as i64))?;
+            add(txn, QUEUED, 1)?;
+            add(txn, QUEUED_BYTES, record.bytes as i64)?;
+        } else {
+            due.remove((record.next_ms, record.seq))
+                .map_err(unavailable)?;
+        }
+        due.insert((now, record.seq), ()).map_err(unavailable)?;
+        drop(due);
+        record.state = State::Queued;
+        record.next_ms = now;
+        record.client_errors = 0;
+        // A retry by hand starts the message's age over too.
+        record.envelope.received_ms = now;
+        write(txn, &record)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn purge(txn: &WriteTransaction, filter: &Filter, now: u64) -> Result<usize, SpoolError> {
+    let mut n = 0;
+    for record in matching(txn, filter, now)? {
+        txn.open_table(MESSAGES)
+            .map_err(unavailable)?
+            .remove(record.seq)
+            .map_err(unavailable)?;
+        txn.open_table(BODIES)
+            .map_err(unavailable)?
+            .remove(record.seq)
+            .map_err(unavailable)?;
+        match record.state {
+            State::Queued => {
+                txn.open_table(DUE)
+                    .map_err(unavailable)?
+                    .remove((record.next_ms, record.seq))
+                    .map_err(unavailable)?;
+                add(txn, QUEUED, -1)?;
+                add(txn, QUEUED_BYTES, -(record.bytes as i64))?;
+            }
+            State::Dead { .. } => {
+                add(txn, DEAD, -1)?;
+                add(txn, DEAD_BYTES, -(record.bytes as i64))?;
+            }
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn sweep(txn: &WriteTransaction, now: u64) -> Result<usize, SpoolError> {
+    let mut expiry = txn.open_table(DEDUP_EXPIRY).map_err(unavailable)?;
+    let mut dedup = txn.open_table(DEDUP).map_err(unavailable)?;
+    let mut expired = Vec::new();
+    for entry in expiry.range((0, 0)..(now, 0)).map_err(unavailable)? {
+        let (k, _) = entry.map_err(unavailable)?;
+        expired.push(k.value());
+        if expired.len() >= 100_000 {
+            break; // the rest next time: a bounded transaction
+        }
+    }
+    for (until, key) in &expired {
+        expiry.remove((*until, *key)).map_err(unavailable)?;
+        // Only if the key was not written again with a later expiry.
+        let current = dedup.get(key).map_err(unavailable)?.map(|v| v.value());
+        if current.is_some_and(|(_, u)| u == *until) {
+            dedup.remove(key).map_err(unavailable)?;
+        }
+    }
+    Ok(expired.len())
+}
