@@ -26,10 +26,10 @@ ROUNDS=${BENCH_ROUNDS:-3}
 DURATION=${BENCH_DURATION:-8}
 WARMUP=${BENCH_WARMUP:-2}
 CONNECTIONS=${BENCH_CONNECTIONS:-32}
-# Upper bound on hookguard's rate, for sizing the files of once-only requests. (At 35,000 the
-# 2 s warm-up of the fastest row ran out once: 2 requests went to /__bench_exhausted__, which
-# the row's check rightly reported as `no_route`.)
-RATE_CAP=${BENCH_RATE_CAP:-50000}
+# Upper bound on hookguard's rate, for sizing the files of once-only requests: above nginx
+# `proxy_pass` at 1 worker on this machine (45-90 k rps), which hookguard may come close to. A
+# row that runs out is flagged `ran out of requests` in the table (its rps would be too low).
+RATE_CAP=${BENCH_RATE_CAP:-80000}
 MILLION=${BENCH_MILLION:-1}
 MILLION_KEYS=${BENCH_MILLION_KEYS:-1000000}
 MILLION_THREADS=${BENCH_MILLION_THREADS:-2}
@@ -343,6 +343,9 @@ if probe route_standard; then HAVE_STANDARD=1; else
     log "standard_webhooks: pending (this build does not take the route: $(tail -1 "$WORK/probe.out"))"
 fi
 
+# replay.max_entries: a full store refuses new keys (503 `replay_store_full`), so it must hold
+# every key a row can send: 1,000,000, or more when the request files are longer.
+HG_MAX_ENTRIES=1000000
 hookguard_conf() { # PORT ADMIN THREADS EXTRA_ROUTES
     cat <<EOF
 listen: "127.0.0.1:$1"
@@ -351,7 +354,7 @@ upstream: "http://127.0.0.1:$UP_PORT"
 max_body_bytes: 1048576
 threads: $3
 replay:
-  max_entries: 1000000
+  max_entries: $HG_MAX_ENTRIES
 routes:
 EOF
     local i
@@ -415,18 +418,34 @@ replay_entries() { # ADMIN_PORT
 # Signed requests
 # ---------------------------------------------------------------------------------------------
 
+# Ready HTTP/1.1 requests, one file per workload for the warm-up and one for the measured run
+# (disjoint: different tags). Every hookguard row is a fresh process with an empty replay
+# cache, so the same once-only files serve every hookguard row of every round; the other rows
+# cycle through the start of the same files. One gen.py per file, all at once.
 MAIN_N=$((RATE_CAP * DURATION))
 WARM_N=$((RATE_CAP * WARMUP))
-log "generating signed requests ($WARM_N warm-up + $MAIN_N measured per workload)"
-python3 "$BENCH/gen.py" mailgun-form "$WARM_N" "$WORK/mailgun-warm.txt" --secret "$MG_SECRET" --tag w
-python3 "$BENCH/gen.py" mailgun-form "$MAIN_N" "$WORK/mailgun-main.txt" --secret "$MG_SECRET" --tag m
-if [ "$HAVE_STRIPE" = 1 ]; then
-    python3 "$BENCH/gen.py" stripe "$WARM_N" "$WORK/stripe-warm.txt" --secret "$STRIPE_SECRET" --tag w
-    python3 "$BENCH/gen.py" stripe "$MAIN_N" "$WORK/stripe-main.txt" --secret "$STRIPE_SECRET" --tag m
-fi
-if [ "$HAVE_STANDARD" = 1 ]; then
-    python3 "$BENCH/gen.py" standard "$WARM_N" "$WORK/standard-warm.txt" --secret "$SW_SECRET" --tag w
-    python3 "$BENCH/gen.py" standard "$MAIN_N" "$WORK/standard-main.txt" --secret "$SW_SECRET" --tag m
+if [ $((WARM_N + MAIN_N)) -gt "$HG_MAX_ENTRIES" ]; then HG_MAX_ENTRIES=$((WARM_N + MAIN_N)); fi
+WORKLOADS=(mailgun)
+[ "$HAVE_STRIPE" = 1 ] && WORKLOADS+=(stripe)
+[ "$HAVE_STANDARD" = 1 ] && WORKLOADS+=(standard)
+GEN_PIDS=()
+if [ "$ROUNDS" -gt 0 ]; then
+    log "generating signed requests ($WARM_N warm-up + $MAIN_N measured per workload: ${WORKLOADS[*]})"
+    for w in "${WORKLOADS[@]}"; do
+        case "$w" in
+            mailgun) kind=mailgun-form; secret=$MG_SECRET ;;
+            stripe) kind=stripe; secret=$STRIPE_SECRET ;;
+            standard) kind=standard; secret=$SW_SECRET ;;
+        esac
+        python3 "$BENCH/gen.py" "$kind" "$WARM_N" "$WORK/$w-warm.req" --secret "$secret" --tag w &
+        GEN_PIDS+=($!)
+        python3 "$BENCH/gen.py" "$kind" "$MAIN_N" "$WORK/$w-main.req" --secret "$secret" --tag m &
+        GEN_PIDS+=($!)
+    done
+    for pid in "${GEN_PIDS[@]}"; do
+        wait "$pid" || { kill "${GEN_PIDS[@]}" 2>/dev/null; echo "gen.py failed" >&2; exit 1; }
+    done
+    log "generated: $(du -ch "$WORK"/*.req | tail -1 | cut -f1)"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -491,10 +510,10 @@ measure() {
         standard) path=/webhooks/standard ;;
     esac
     local url="http://127.0.0.1:$port$path" r="$WORK/r-$round-$target"
-    run_wrk "$url" "$WORK/$workload-warm.txt" "$mode" "$WARMUP" "$r.warm"
+    run_wrk "$url" "$WORK/$workload-warm.req" "$mode" "$WARMUP" "$r.warm"
     local t0 t1
     t0=$(cpu_ticks "$pid")
-    run_wrk "$url" "$WORK/$workload-main.txt" "$mode" "$DURATION" "$r"
+    run_wrk "$url" "$WORK/$workload-main.req" "$mode" "$DURATION" "$r"
     t1=$(cpu_ticks "$pid")
     local rss
     rss=$(rss_kib "$pid")
@@ -538,9 +557,10 @@ done
 
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
-# Drives MILLION_KEYS unique requests through a fresh hookguard and reads its RSS; sets
-# MILLION_LINE.
+# Drives MILLION_KEYS unique requests through a fresh hookguard with replay.max_entries
+# MILLION_KEYS and reads its RSS; sets MILLION_LINE.
 million_run() {
+    HG_MAX_ENTRIES=$MILLION_KEYS
     start_hookguard million "$MILLION_THREADS" 0
     local pid=$LAST_PID
     sleep 0.3
@@ -551,16 +571,19 @@ million_run() {
     started=$(date +%s.%N)
     WRK_THREADS=1 WRK_RESULT="$WORK/million.res" wrk -t1 -c"$CONNECTIONS" -d3600s --timeout 10s \
         -s "$BENCH/requests.lua" "http://127.0.0.1:$HG_PORT/webhooks/mailgun" -- \
-        "$WORK/million.txt" once >"$WORK/million.out" 2>&1 &
+        "$WORK/million.req" once >"$WORK/million.out" 2>&1 &
     local wrk_pid=$!
     PIDS+=("$wrk_pid")
-    # wrk waits out its whole duration even when the requests ran out: stop it once all are in.
+    # wrk waits out its whole duration even when the requests ran out: stop it once all are in
+    # (or the file ran out: requests.lua then sends /__bench_exhausted__, a `no_route`).
     local done_n
     while kill -0 "$wrk_pid" 2>/dev/null; do
-        sleep 1
-        done_n=$(curl -fsS "http://127.0.0.1:$HG_ADMIN/metrics" |
-            awk '/^hookguard_requests_total\{.*outcome="forwarded"/ {s += $NF} END {print s + 0}')
-        if [ "$done_n" -ge "$MILLION_KEYS" ]; then break; fi
+        sleep 0.5
+        done_n=$(curl -fsS "http://127.0.0.1:$HG_ADMIN/metrics" | awk '
+            /^hookguard_requests_total\{.*outcome="forwarded"/ {s += $NF}
+            /^hookguard_requests_total\{.*outcome="no_route"/ && $NF > 0 {out = 1}
+            END {print (out ? "out" : s + 0)}')
+        if [ "$done_n" = out ] || [ "$done_n" -ge "$MILLION_KEYS" ]; then break; fi
     done
     kill -INT "$wrk_pid" 2>/dev/null || true
     wait "$wrk_pid" 2>/dev/null || true
@@ -572,7 +595,7 @@ million_run() {
     outs=$(outcomes "$HG_ADMIN")
     rss=$(rss_kib "$pid")
     hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
-    MILLION_LINE="threads $MILLION_THREADS: idle $(mib "$idle") MiB; holding $entries replay keys (max_entries 1000000): RSS $(mib "$rss") MiB (peak $(mib "$hwm") MiB); driven in ${elapsed}s; outcomes: $outs"
+    MILLION_LINE="threads $MILLION_THREADS: idle $(mib "$idle") MiB; holding $entries replay keys (max_entries $MILLION_KEYS): RSS $(mib "$rss") MiB (peak $(mib "$hwm") MiB); driven in ${elapsed}s; outcomes: $outs"
     log "$MILLION_LINE"
     stop_pid "$pid"
 }
@@ -580,10 +603,12 @@ million_run() {
 MILLION_LINE="(skipped: --no-million)"
 ALT_MILLION_LINE=""
 if [ "$MILLION" = 1 ]; then
-    # 2% more than needed: wrk is stopped (from a once-a-second check of hookguard's own
-    # counter) once MILLION_KEYS were forwarded, before it can run out.
-    log "generating $MILLION_KEYS (+2%) small signed requests"
-    python3 "$BENCH/gen.py" mailgun-small "$((MILLION_KEYS + MILLION_KEYS / 50))" "$WORK/million.txt" \
+    # Exactly MILLION_KEYS requests are sent (one more is generated: wrk calls request() once to
+    # check it and never sends that one): the store is then full, and a single request more
+    # would be refused (`replay_store_full`). Once they are used up requests.lua sends a few
+    # /__bench_exhausted__ (`no_route` in the outcomes) until wrk is stopped.
+    log "generating $MILLION_KEYS small signed requests"
+    python3 "$BENCH/gen.py" mailgun-small "$((MILLION_KEYS + 1))" "$WORK/million.req" \
         --secret "$MG_SECRET" --tag M
     million_run
     if [ "$HAVE_ALT" = 1 ]; then
