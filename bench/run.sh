@@ -303,6 +303,7 @@ route_mailgun() {
     tolerance: 6h
     forward_body: json
 EOF
+    if [ "$SPOOL" = 1 ]; then echo "    spool: true"; fi
 }
 route_stripe() {
     cat <<EOF
@@ -355,8 +356,13 @@ max_body_bytes: 1048576
 threads: $3
 replay:
   max_entries: $HG_MAX_ENTRIES
-routes:
 EOF
+    # The spool row: every message written (fsync'd, group commit) before its 202. The file
+    # lives beside the repository (a real disk; /tmp may be a tmpfs, where fsync is free).
+    if [ "$SPOOL" = 1 ]; then
+        printf 'spool:\n  path: "%s"\n  max_bytes: 8589934592\n' "$SPOOL_DIR/spool-$1.redb"
+    fi
+    echo "routes:"
     local i
     for ((i = 1; i <= $4; i++)); do
         printf '  - name: filler-%04d\n    path: /filler/%04d\n    provider: mailgun\n    secrets: ["%s"]\n' \
@@ -376,6 +382,8 @@ fi
 # Starts hookguard (the alternative build or malloc when USE_ALT=1); sets LAST_PID, HG_PORT,
 # HG_ADMIN.
 USE_ALT=0
+SPOOL=0
+SPOOL_DIR="$ROOT/target/bench-spool"
 start_hookguard() { # NAME THREADS EXTRA_ROUTES [ARGS...]
     local name=$1 threads=$2 extra=$3 bin=$HOOKGUARD preload=""
     shift 3
@@ -479,8 +487,9 @@ measure() {
         hookguard-t1) kind=hookguard ;;
         hookguard-t1-nolog) kind=hookguard ;;
         hookguard-t2) kind=hookguard ;;
-        hookguard-t1-1000routes) kind=hookguard ;;
+        hookguard-t1-1000routes hookguard-t1-spool) kind=hookguard ;;
         hookguard-t1-alt) kind=hookguard ;;
+        hookguard-t1-spool) kind=hookguard ;;
         hookguard-t1-stripe) kind=hookguard; workload=stripe ;;
         hookguard-t1-standard) kind=hookguard; workload=standard ;;
         *) echo "unknown target $target" >&2; return 1 ;;
@@ -498,8 +507,10 @@ measure() {
             esac
             USE_ALT=0
             [ "$target" = hookguard-t1-alt ] && USE_ALT=1
+            if [ "$target" = hookguard-t1-spool ]; then SPOOL=1; mkdir -p "$SPOOL_DIR"; fi
             start_hookguard "$target" "$threads" "$extra" "${args[@]}"
             USE_ALT=0
+            SPOOL=0
             pid=$LAST_PID; port=$HG_PORT; admin=$HG_ADMIN; mode=once
             sleep 0.3
             idle=$(rss_kib "$pid") ;;
@@ -533,11 +544,12 @@ measure() {
     if [ "$kind" != static ]; then
         stop_pid "$pid"
         rm -f "$WORK/$target.log"
+        rm -rf "$SPOOL_DIR"
     fi
 }
 
 TARGETS=(direct nginx nginx-2w pingora-t1 hookguard-t1 hookguard-t1-nolog hookguard-t2
-    hookguard-t1-1000routes)
+    hookguard-t1-1000routes hookguard-t1-spool)
 [ "$HAVE_ALT" = 1 ] && TARGETS+=(hookguard-t1-alt)
 [ "$HAVE_STRIPE" = 1 ] && TARGETS+=(hookguard-t1-stripe)
 [ "$HAVE_STANDARD" = 1 ] && TARGETS+=(hookguard-t1-standard)

@@ -313,6 +313,22 @@ impl Signals {
                         "replay settings take effect only on restart; the running replay store stays"
                     );
                 }
+                if new.spool.is_some() && old.spool.is_none() {
+                    // Its routes would answer 503 until a restart: keep the running config.
+                    self.metrics
+                        .config_reloads
+                        .with_label_values(&["error"])
+                        .inc();
+                    tracing::error!(
+                        "config reload failed; the running config stays: a route asks for the spool, which starts only when hookguard starts (restart to spool)"
+                    );
+                    return;
+                }
+                if new.spool.is_some() && new.spool != old.spool {
+                    tracing::warn!(
+                        "spool settings take effect only on restart; the running spool stays"
+                    );
+                }
                 let routes = new.routes.len();
                 for route in new.routes.iter() {
                     tracing::info!("{}", route.summary());

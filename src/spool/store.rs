@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
@@ -102,8 +103,28 @@ pub struct StoreStats {
 /// listener.
 #[derive(Clone)]
 pub struct SpoolStore {
-    db: Arc<Database>,
+    db: Handle,
     ops: mpsc::Sender<Op>,
+}
+
+/// The open database, shared by readers and the writer. Empty for the moment the writer
+/// reopens it: after a failed write (a full disk), redb refuses every further transaction
+/// until the file is closed and opened again (it then recovers from the last commit).
+type Handle = Arc<ArcSwapOption<Database>>;
+
+fn current(db: &Handle) -> Result<Arc<Database>, SpoolError> {
+    db.load_full()
+        .ok_or_else(|| SpoolError::Unavailable("the spool is being reopened".into()))
+}
+
+fn open_db(path: &Path) -> Result<Database, String> {
+    Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => format!(
+            "{} is open in another process (a running hookguard: use its admin listener)",
+            path.display()
+        ),
+        e => format!("cannot open the spool {}: {e}", path.display()),
+    })
 }
 
 impl SpoolStore {
@@ -118,14 +139,7 @@ impl SpoolStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => format!(
-                "{} is open in another process (a running hookguard: use its admin listener)",
-                path.display()
-            ),
-            e => format!("cannot open the spool {}: {e}", path.display()),
-        })?;
-        let db = Arc::new(db);
+        let db = open_db(path)?;
         // The tables exist from the start: readers never find one missing.
         {
             let txn = db.begin_write().map_err(|e| e.to_string())?;
@@ -138,9 +152,12 @@ impl SpoolStore {
             txn.open_table(META).map_err(|e| e.to_string())?;
             txn.commit().map_err(|e| e.to_string())?;
         }
+        let db: Handle = Arc::new(ArcSwapOption::from_pointee(db));
         let (ops, rx) = mpsc::channel();
         let writer = Writer {
             db: Arc::clone(&db),
+            path: path.to_path_buf(),
+            inside_free: std::cell::Cell::new(None),
             dir: path
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
@@ -202,7 +219,7 @@ impl SpoolStore {
 
     /// Up to `limit` queued messages due at `now_ms`, oldest due first: (due ms, seq).
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>, SpoolError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
+        let txn = current(&self.db)?.begin_read().map_err(unavailable)?;
         let due = txn.open_table(DUE).map_err(unavailable)?;
         let mut out = Vec::new();
         for entry in due
@@ -220,7 +237,7 @@ impl SpoolStore {
 
     /// The earliest time a queued message is due, if any.
     pub fn next_due(&self) -> Result<Option<u64>, SpoolError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
+        let txn = current(&self.db)?.begin_read().map_err(unavailable)?;
         let due = txn.open_table(DUE).map_err(unavailable)?;
         let first = due.first().map_err(unavailable)?;
         Ok(first.map(|(k, _)| k.value().0))
@@ -228,7 +245,7 @@ impl SpoolStore {
 
     /// One message, with its body.
     pub fn get(&self, seq: u64) -> Result<Option<(Record, Bytes)>, SpoolError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
+        let txn = current(&self.db)?.begin_read().map_err(unavailable)?;
         let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
         let bodies = txn.open_table(BODIES).map_err(unavailable)?;
         let Some(record) = messages.get(seq).map_err(unavailable)? else {
@@ -245,7 +262,7 @@ impl SpoolStore {
 
     /// The messages matching `filter`, in arrival order.
     pub fn list(&self, filter: &Filter) -> Result<Vec<Record>, SpoolError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
+        let txn = current(&self.db)?.begin_read().map_err(unavailable)?;
         let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
         let now = now_ms();
         let limit = filter.limit.unwrap_or(usize::MAX);
@@ -264,7 +281,7 @@ impl SpoolStore {
     }
 
     pub fn stats(&self) -> Result<StoreStats, SpoolError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
+        let txn = current(&self.db)?.begin_read().map_err(unavailable)?;
         let meta = txn.open_table(META).map_err(unavailable)?;
         let get = |k: &str| -> Result<u64, SpoolError> {
             Ok(meta.get(k).map_err(unavailable)?.map_or(0, |v| v.value()))
@@ -294,7 +311,7 @@ impl SpoolStore {
 
     /// Keys remembered (delivered and spooled messages), for tests and `spool` output.
     pub fn keys_remembered(&self) -> Result<u64, SpoolError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
+        let txn = current(&self.db)?.begin_read().map_err(unavailable)?;
         let dedup = txn.open_table(DEDUP).map_err(unavailable)?;
         dedup.len().map_err(unavailable)
     }
@@ -315,7 +332,10 @@ fn encode(record: &Record) -> Vec<u8> {
 
 /// The writer thread.
 struct Writer {
-    db: Arc<Database>,
+    db: Handle,
+    path: PathBuf,
+    /// Free bytes inside the file, and when they were measured.
+    inside_free: std::cell::Cell<Option<(Instant, u64)>>,
     /// The spool's directory, for the free-space check.
     dir: PathBuf,
     limits: Limits,
@@ -331,6 +351,18 @@ enum Pending {
 }
 
 impl Pending {
+    /// The op's storage error, if it had one.
+    fn storage_error(&self) -> Option<SpoolError> {
+        let e = match self {
+            Pending::Enqueued(_, Err(e)) => e,
+            Pending::Started(_, Err(e)) => e,
+            Pending::Done(_, Err(e)) => e,
+            Pending::Count(_, Err(e)) => e,
+            _ => return None,
+        };
+        matches!(e, SpoolError::Unavailable(_)).then(|| e.clone())
+    }
+
     fn fail(self, e: &SpoolError) {
         match self {
             Pending::Enqueued(r, _) => drop(r.send(Err(e.clone()))),
@@ -365,34 +397,70 @@ impl Writer {
         }
     }
 
-    /// Whether the file system keeps its reserve.
-    fn disk_has_room(&self) -> bool {
-        match rustix::fs::statvfs(&self.dir) {
-            Ok(s) => s.f_bavail.saturating_mul(s.f_frsize) >= self.limits.min_free_bytes,
+    /// Whether `incoming` more bytes may be written: the file system keeps its reserve, or
+    /// the spool's file has room inside (pages freed by deliveries and purges are reused
+    /// before the file grows, so writing there takes nothing from the file system).
+    fn has_room(&self, txn: &WriteTransaction, incoming: u64) -> bool {
+        let fs_free = match rustix::fs::statvfs(&self.dir) {
+            Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
             // Unknown: let the write itself tell.
-            Err(_) => true,
+            Err(_) => return true,
+        };
+        if fs_free >= self.limits.min_free_bytes {
+            return true;
         }
+        // The file's free pages: measured by walking redb's trees, so at most once a second,
+        // and only while the file system is below its reserve.
+        let inside = match self.inside_free.get() {
+            Some((at, bytes)) if at.elapsed() < Duration::from_secs(1) => bytes,
+            _ => {
+                // The bytes the file really occupies: redb grows it ahead of use, and the
+                // part never written is a hole that writing would take from the file system.
+                let len = std::fs::metadata(&self.path).map_or(0, |m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.blocks().saturating_mul(512).min(m.len())
+                });
+                let used = txn.stats().map_or(u64::MAX, |s| {
+                    s.allocated_pages().saturating_mul(s.page_size() as u64)
+                });
+                let bytes = len.saturating_sub(used);
+                self.inside_free.set(Some((Instant::now(), bytes)));
+                bytes
+            }
+        };
+        // Twice the payload (redb copies the pages it changes) and a margin for the trees.
+        inside >= incoming.saturating_mul(2).saturating_add(1 << 20)
     }
 
     fn commit(&self, batch: Vec<Op>) {
         let started = Instant::now();
-        let room = batch.iter().any(|op| matches!(op, Op::Enqueue(..))) && !self.disk_has_room();
-        let txn = match self.db.begin_write() {
+        let incoming: u64 = batch
+            .iter()
+            .map(|op| match op {
+                Op::Enqueue(m, _) => m.body.len() as u64 + 1024,
+                _ => 0,
+            })
+            .sum();
+        let frees = batch
+            .iter()
+            .any(|op| matches!(op, Op::Purge(..) | Op::Sweep(..)));
+        let txn = match current(&self.db).and_then(|db| db.begin_write().map_err(unavailable)) {
             Ok(t) => t,
             Err(e) => {
-                let e = unavailable(e);
                 for op in batch {
                     reply_error(op, &e);
                 }
+                self.reopen();
                 return;
             }
         };
+        let room = incoming == 0 || self.has_room(&txn, incoming);
         let mut pending = Vec::with_capacity(batch.len());
         let now = now_ms();
         for op in batch {
             pending.push(match op {
                 Op::Enqueue(m, r) => {
-                    let result = if room {
+                    let result = if !room {
                         Err(SpoolError::Full(
                             "free disk space below spool.min_free_bytes",
                         ))
@@ -409,21 +477,76 @@ impl Writer {
                 Op::Sweep(r) => Pending::Count(r, sweep(&txn, now)),
             });
         }
-        match txn.commit() {
+        // An op that could not read or write (a full disk) may have left part of its change
+        // in the transaction: nothing of the batch is committed.
+        let failed = pending.iter().find_map(Pending::storage_error);
+        let committed = match failed {
+            Some(e) => {
+                drop(txn.abort());
+                Err(e)
+            }
+            None => txn.commit().map_err(unavailable),
+        };
+        match committed {
             Ok(()) => {
                 (self.on_commit)(started.elapsed());
                 for p in pending {
                     p.send();
                 }
+                if frees {
+                    self.release_freed();
+                }
             }
             Err(e) => {
                 // Nothing of the batch is on disk: every op fails, enqueues answer 503.
-                let e = unavailable(e);
                 tracing::error!(error = %e, "spool: a commit failed; the batch is refused");
                 for p in pending {
                     p.fail(&e);
                 }
+                self.reopen();
             }
+        }
+    }
+
+    /// Pages a transaction frees become reusable only after later commits: two empty ones
+    /// (cheap) make a purge's space usable at once, even on a file system that is full.
+    fn release_freed(&self) {
+        self.inside_free.set(None);
+        for _ in 0..2 {
+            let done = current(&self.db)
+                .and_then(|db| db.begin_write().map_err(unavailable))
+                .and_then(|txn| txn.commit().map_err(unavailable));
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "spool: releasing freed pages failed");
+                return;
+            }
+        }
+    }
+
+    /// Closes and opens the database again, so that it recovers from its last commit (redb
+    /// refuses every transaction after a failed write until then). Readers hold the old file
+    /// for one read at most (a read transaction keeps it open after the handle is gone), so
+    /// the file's lock is tried until they have let go.
+    fn reopen(&self) {
+        drop(self.db.swap(None));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let result = loop {
+            match Database::create(&self.path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok(db) => {
+                tracing::info!("spool: reopened after a failed write");
+                self.db.store(Some(Arc::new(db)));
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "spool: cannot reopen; writes answer 503, tried again at the next write"
+            ),
         }
     }
 
