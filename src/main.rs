@@ -195,6 +195,9 @@ fn check(cli: &Cli) -> ExitCode {
                 config.admin_listen,
                 config.replay.summary()
             );
+            if let Some(spool) = &config.spool {
+                println!("{}", spool.summary());
+            }
             for route in config.routes.iter() {
                 println!("{}", route.summary());
             }

@@ -162,7 +162,7 @@ impl Route {
         ) + &match &self.allow_ips {
             Some(nets) => format!(" | allow_ips {}", nets.len()),
             None => String::new(),
-        }
+        } + if self.spool { " | spool" } else { "" }
     }
 }
 
