@@ -12,7 +12,7 @@ use super::load::Loader;
 use super::positions::YPath;
 use crate::secret::Secret;
 
-/// A durable queue between the provider and the application (see `crate::spool`).
+/// A durable queue between the provider and the application (the spool module does the work).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolSettings {
     /// The embedded store's file (created if missing).

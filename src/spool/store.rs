@@ -8,6 +8,10 @@
 //! ms, seq) for queued messages, oldest first), `dedup` (key → (seq, until ms)) with its
 //! expiry index `dedup_expiry`, and `meta` (counters). A delivered message's record and body
 //! are deleted; its keys stay until `dedup_ttl` ends, so a copy is still recognised.
+//!
+//! Longer than 500 lines: the reading side, the writer thread and each op's transaction
+//! body are one unit around the same tables and counters; read top to bottom: the store's
+//! API, the writer (batching, commit, recovery after a failed write), then the ops.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
