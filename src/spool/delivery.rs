@@ -21,8 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 
-use super::store::{Finish, SpoolStore};
-use super::{ms, now_ms, Record};
+use super::{ms, now_ms, Finish, Record, SpoolBackend};
 use crate::config::SpoolSettings;
 
 /// One attempt to give a message to the application.
@@ -74,7 +73,7 @@ struct Down {
 
 /// The delivery engine of one spool.
 pub struct Delivery {
-    store: SpoolStore,
+    store: Arc<dyn SpoolBackend>,
     settings: SpoolSettings,
     deliver: Arc<dyn Deliver>,
     observer: Arc<dyn Observer>,
@@ -87,7 +86,7 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(
-        store: SpoolStore,
+        store: Arc<dyn SpoolBackend>,
         settings: SpoolSettings,
         deliver: Arc<dyn Deliver>,
         observer: Arc<dyn Observer>,
@@ -126,7 +125,7 @@ impl Delivery {
             }
             // Until something is enqueued, a delivery ends, or the next message is due (or,
             // when every due message waits for a down upstream, its next probe).
-            let wait = match (blocked_until, self.store.next_due()) {
+            let wait = match (blocked_until, self.store.next_due().await) {
                 (Some(probe), _) => probe.saturating_duration_since(Instant::now()),
                 (None, Ok(Some(at))) => Duration::from_millis(at.saturating_sub(now_ms())),
                 (None, _) => Duration::from_secs(1),
@@ -141,14 +140,14 @@ impl Delivery {
     /// next probe (the scheduler sleeps until then instead of scanning again).
     async fn dispatch(self: &Arc<Self>) -> Option<Instant> {
         let batch = self.settings.workers * 4;
-        let Ok(mut due) = self.store.due(now_ms(), batch) else {
+        let Ok(mut due) = self.store.due(now_ms(), batch).await else {
             return None;
         };
         let mut started = false;
         let mut waiting_for_probe = false;
         // The newest due get a share, so that a long backlog does not starve them.
         if due.len() == batch {
-            if let Ok(all) = self.store.due(now_ms(), batch * 16) {
+            if let Ok(all) = self.store.due(now_ms(), batch * 16).await {
                 let newest: Vec<_> = all.iter().rev().take(batch / 4).copied().collect();
                 due.truncate(batch - newest.len());
                 due.extend(newest);
@@ -166,10 +165,10 @@ impl Delivery {
             let Ok(permit) = Arc::clone(&self.workers).try_acquire_owned() else {
                 return None; // every worker busy: woken when one ends
             };
-            let Ok(Some((record, _))) = self.store.get(seq) else {
+            let Ok(Some(upstream)) = self.store.upstream_of(seq).await else {
                 continue;
             };
-            if !self.may_try(&record.envelope.upstream) {
+            if !self.may_try(&upstream) {
                 waiting_for_probe = true;
                 continue;
             }
@@ -323,7 +322,7 @@ impl Delivery {
             Finish::Retry { .. } => ("retry", None),
             Finish::Dead { reason, .. } => ("dead", Some(reason.clone())),
         };
-        if let Err(e) = self.store.finish(seq, finish).await {
+        if let Err(e) = self.store.finish(seq, record.attempts, finish).await {
             tracing::warn!(error = %e, seq, "spool: could not record an attempt's result; the message will be tried again");
         }
         self.observer.attempt(result);
@@ -375,7 +374,7 @@ impl Delivery {
             reason: reason.into(),
             note,
         };
-        if let Err(e) = self.store.finish(record.seq, finish).await {
+        if let Err(e) = self.store.finish(record.seq, record.attempts, finish).await {
             tracing::warn!(error = %e, "spool: could not dead-letter a message");
             return;
         }
