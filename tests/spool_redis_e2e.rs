@@ -217,6 +217,14 @@ fn a_copy_sent_to_another_replica_is_a_duplicate() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(ids(&upstream), [id], "delivered once, by one replica");
     assert_eq!(stats(&a)["enqueued_total"], 1);
+
+    // With no replica running, `hookguard spool` asks Redis itself.
+    let (mut a, mut b) = (a, b);
+    a.kill9();
+    b.kill9();
+    let (code, out, err) = b.cli(&["spool", "-c", cfg.to_str().unwrap(), "stats"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 enqueued, 1 delivered"), "{out}");
 }
 
 #[cfg_attr(
@@ -418,7 +426,7 @@ fn try_post(port: u16, body: &[u8]) -> Option<u16> {
 /// (else the test Redis). Holds: every message answered 2xx is delivered; each is enqueued
 /// once (`enqueued_total` = messages); deliveries beyond one per message are at most the
 /// attempts counted ambiguous; the spool is empty at the end.
-#[ignore = "long (minutes), needs redis-server: scripts/spool_redis_proof.sh runs it"]
+#[ignore = "long (10,000 messages, 20 SIGKILLs), needs redis-server: scripts/spool_redis_proof.sh runs it"]
 #[test]
 fn proof_two_replicas_killed_again_and_again_lose_nothing_and_enqueue_once() {
     let messages = env_or("SPOOL_PROOF_MESSAGES", 10_000);
