@@ -6,6 +6,8 @@
 # the attempts counted ambiguous; the spool empty at the end. Prints the figures.
 #
 #   scripts/spool_redis_proof.sh [N [KILLS [CONCURRENCY]]]
+#   SPOOL_PROOF_APP_DELAY_MS=20 scripts/spool_redis_proof.sh   (a slower app: more kills land
+#                                                               mid-delivery)
 #
 # Starts its own redis-server (appendonly yes, appendfsync always: what the spool asks for in
 # production) on a free loopback port, in a temporary directory removed on exit.

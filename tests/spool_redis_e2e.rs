@@ -422,8 +422,9 @@ fn try_post(port: u16, body: &[u8]) -> Option<u16> {
 /// Two replicas on one redis-server, killed with SIGKILL in turn while a client sends
 /// thousands of messages at concurrency 32 and retries every one not answered 2xx (on the
 /// other replica, or the same once it is back). Sized by `SPOOL_PROOF_MESSAGES` (10000),
-/// `SPOOL_PROOF_CONCURRENCY` (32), `SPOOL_PROOF_KILLS` (20); Redis from `SPOOL_PROOF_REDIS_URL`
-/// (else the test Redis). Holds: every message answered 2xx is delivered; each is enqueued
+/// `SPOOL_PROOF_CONCURRENCY` (32), `SPOOL_PROOF_KILLS` (20), `SPOOL_PROOF_APP_DELAY_MS` (0: how
+/// long the application takes to answer, so that more kills land mid-delivery); Redis from
+/// `SPOOL_PROOF_REDIS_URL` (else the test Redis). Holds: every message answered 2xx is delivered; each is enqueued
 /// once (`enqueued_total` = messages); deliveries beyond one per message are at most the
 /// attempts counted ambiguous; the spool is empty at the end.
 #[ignore = "long (10,000 messages, 20 SIGKILLs), needs redis-server: scripts/spool_redis_proof.sh runs it"]
@@ -432,6 +433,7 @@ fn proof_two_replicas_killed_again_and_again_lose_nothing_and_enqueue_once() {
     let messages = env_or("SPOOL_PROOF_MESSAGES", 10_000);
     let concurrency = env_or("SPOOL_PROOF_CONCURRENCY", 32);
     let kills = env_or("SPOOL_PROOF_KILLS", 20);
+    let delay = env_or("SPOOL_PROOF_APP_DELAY_MS", 0);
     let shared;
     let url = match std::env::var("SPOOL_PROOF_REDIS_URL") {
         Ok(url) => url,
@@ -443,7 +445,10 @@ fn proof_two_replicas_killed_again_and_again_lose_nothing_and_enqueue_once() {
             shared.url.clone()
         }
     };
-    let upstream = Upstream::start();
+    let upstream = match delay {
+        0 => Upstream::start(),
+        ms => Upstream::with_default(Reply::Slow(Duration::from_millis(ms as u64), 200)),
+    };
     let prefix = unique_prefix("spool-proof");
     let config = |allow: bool| {
         replica(&upstream.url(), &url, &prefix)
@@ -549,8 +554,8 @@ fn proof_two_replicas_killed_again_and_again_lose_nothing_and_enqueue_once() {
     let extra = deliveries - per_id.len();
     let ambiguous = s["ambiguous_total"].as_u64().unwrap() as usize;
     println!(
-        "spool redis proof: {messages} messages at concurrency {concurrency}, {kills} SIGKILLs \
-         (alternating between 2 replicas), {} requests not answered 2xx and retried; \
+        "spool redis proof: {messages} messages at concurrency {concurrency}, app answering \
+         after {delay} ms, {kills} SIGKILLs (alternating between 2 replicas), {} requests not answered 2xx and retried; \
          {deliveries} deliveries of {} distinct messages, {extra} extra; {ambiguous} attempts \
          counted ambiguous; enqueued_total {}, delivered_total {}, dead {}, queued {}; \
          sending took {:.1} s, all delivered after {:.1} s",
