@@ -215,52 +215,59 @@ impl Delivery {
 
     /// The upstream answered (or did not): its state follows.
     async fn upstream_seen(&self, upstream: &str, reachable: bool) {
-        let woke = {
-            let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
-            if reachable {
-                match down.remove(upstream) {
-                    Some(d) => {
-                        tracing::info!(
-                            upstream,
-                            down_for = ?d.since.elapsed(),
-                            "spool: delivery to the upstream resumes"
-                        );
-                        true
-                    }
-                    None => false,
-                }
-            } else {
-                match down.get_mut(upstream) {
-                    Some(d) => {
-                        d.step += 1;
-                        d.next_probe = Instant::now() + self.backoff(d.step);
-                        d.probing = false;
-                    }
-                    None => {
-                        tracing::warn!(
-                            upstream,
-                            "spool: the upstream does not take messages; delivery stops, one probe per backoff step"
-                        );
-                        down.insert(
-                            upstream.to_owned(),
-                            Down {
-                                since: Instant::now(),
-                                step: 1,
-                                next_probe: Instant::now() + self.backoff(1),
-                                probing: false,
-                            },
-                        );
-                    }
-                }
-                false
+        if reachable {
+            let was_down = self
+                .down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(upstream);
+            if !was_down {
+                return;
             }
-        };
-        if woke {
-            // The backlog to it drains now, not at each message's own backoff.
+            // The backlog to it drains now, not at each message's own backoff. It is made due
+            // before the upstream counts as up again: until then the scheduler starts nothing
+            // else to it, so the messages the probes were tried on do not go after the ones
+            // never tried (the backlog drains in arrival order).
             match self.store.wake(upstream).await {
                 Ok(n) if n > 0 => tracing::info!(upstream, messages = n, "spool: backlog due"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "spool: could not wake the backlog"),
+            }
+            let removed = self
+                .down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(upstream);
+            if let Some(d) = removed {
+                tracing::info!(
+                    upstream,
+                    down_for = ?d.since.elapsed(),
+                    "spool: delivery to the upstream resumes"
+                );
+            }
+            return;
+        }
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match down.get_mut(upstream) {
+            Some(d) => {
+                d.step += 1;
+                d.next_probe = Instant::now() + self.backoff(d.step);
+                d.probing = false;
+            }
+            None => {
+                tracing::warn!(
+                    upstream,
+                    "spool: the upstream does not take messages; delivery stops, one probe per backoff step"
+                );
+                down.insert(
+                    upstream.to_owned(),
+                    Down {
+                        since: Instant::now(),
+                        step: 1,
+                        next_probe: Instant::now() + self.backoff(1),
+                        probing: false,
+                    },
+                );
             }
         }
     }
