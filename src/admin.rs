@@ -19,7 +19,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::spool::{Filter, SpoolStore};
+use crate::spool::{Filter, SpoolBackend};
 
 /// How many keys the replay guard remembers now (read when `/metrics` is asked for).
 pub type ReplayEntries = Box<dyn Fn() -> u64 + Send + Sync>;
@@ -51,7 +51,7 @@ pub struct AdminApp {
     pub health: Arc<Health>,
     pub replay_entries: ReplayEntries,
     pub metrics: Arc<Metrics>,
-    pub spool: Option<SpoolStore>,
+    pub spool: Option<Arc<dyn SpoolBackend>>,
     pub spool_token: Option<Secret>,
 }
 
@@ -134,9 +134,11 @@ impl AdminApp {
         let result = match path {
             "/spool/messages" if get => store
                 .list(&filter)
+                .await
                 .map(|records| serde_json::json!({ "messages": records })),
             "/spool/stats" if get => store
                 .stats()
+                .await
                 .map(|s| serde_json::to_value(s).unwrap_or_default()),
             p if get && p.starts_with("/spool/messages/") => {
                 let Ok(seq) = p["/spool/messages/".len()..].parse::<u64>() else {
@@ -145,7 +147,7 @@ impl AdminApp {
                         &serde_json::json!({"error": "seq"}),
                     );
                 };
-                match store.get(seq) {
+                match store.get(seq).await {
                     Ok(Some((record, body))) => Ok(serde_json::json!({
                         "message": record,
                         "body_base64": crate::providers::base64(&body),
@@ -223,8 +225,10 @@ impl ServeHttp for AdminApp {
                 self.metrics
                     .replay_entries
                     .set((self.replay_entries)() as i64);
-                if let Some(stats) = self.spool.as_ref().and_then(|s| s.stats().ok()) {
-                    self.metrics.spool.set_stats(&stats);
+                if let Some(spool) = &self.spool {
+                    if let Ok(stats) = spool.stats().await {
+                        self.metrics.spool.set_stats(&stats);
+                    }
                 }
                 (
                     StatusCode::OK,

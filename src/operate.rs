@@ -2,15 +2,16 @@
 //! the running server's admin listener, or on the spool's file when no server runs.
 //!
 //! The running server holds the file (redb allows one process at a time), so the admin
-//! listener is asked first; only when nothing listens there is the file opened directly.
+//! listener is asked first; only when nothing listens there is the file opened directly
+//! (with `spool.backend: redis`, the replay guard's Redis is asked directly instead).
 
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
 
-use crate::config::{Config, SpoolSettings};
-use crate::spool::{store::Limits, Filter, Record, SpoolStore};
+use crate::config::{Config, ReplayStore, SpoolSettings, SpoolStoreKind};
+use crate::spool::{store::Limits, Filter, Record, RedisSpool, SpoolBackend, SpoolStore};
 
 /// What the operator asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub fn run(config: &Config, command: &SpoolCommand) -> Result<String, String> {
     }
     let answer = match remote(config, settings, command) {
         Ok(answer) => answer,
-        Err(Remote::NotRunning) => local(settings, command)?,
+        Err(Remote::NotRunning) => local(config, settings, command)?,
         Err(Remote::Failed(e)) => return Err(e),
     };
     Ok(if command.json {
@@ -125,40 +126,58 @@ fn remote(config: &Config, settings: &SpoolSettings, c: &SpoolCommand) -> Result
     }))
 }
 
-/// Works on the spool's file directly (the server is stopped).
-fn local(settings: &SpoolSettings, c: &SpoolCommand) -> Result<Value, String> {
-    if !settings.path.exists() {
-        return Err(format!(
-            "no spool at {} (and no hookguard answers on the admin listener)",
-            settings.path.display()
-        ));
-    }
-    let limits = Limits {
-        max_bytes: settings.max_bytes,
-        min_free_bytes: settings.min_free_bytes,
-        dedup_ttl: settings.dedup_ttl,
+/// Works on the spool directly (the server is stopped): its file, or the shared Redis.
+fn local(config: &Config, settings: &SpoolSettings, c: &SpoolCommand) -> Result<Value, String> {
+    let store: Box<dyn SpoolBackend> = match (settings.backend, &config.replay.store) {
+        (SpoolStoreKind::Redis, ReplayStore::Redis(redis)) => {
+            Box::new(RedisSpool::open(redis, settings, Box::new(|_| {}))?)
+        }
+        (SpoolStoreKind::Redis, ReplayStore::Memory) => {
+            return Err("spool.backend: redis needs replay.backend: redis".into())
+        }
+        (SpoolStoreKind::Embedded, _) => {
+            if !settings.path.exists() {
+                return Err(format!(
+                    "no spool at {} (and no hookguard answers on the admin listener)",
+                    settings.path.display()
+                ));
+            }
+            let limits = Limits {
+                max_bytes: settings.max_bytes,
+                min_free_bytes: settings.min_free_bytes,
+                dedup_ttl: settings.dedup_ttl,
+            };
+            Box::new(SpoolStore::open(&settings.path, limits, Box::new(|_| {}))?)
+        }
     };
-    let store = SpoolStore::open(&settings.path, limits, Box::new(|_| {}))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let answer = runtime.block_on(local_answer(store.as_ref(), c));
+    // The Redis client's runtime may not be dropped inside another runtime's `block_on`.
+    drop(store);
+    answer
+}
+
+async fn local_answer(store: &dyn SpoolBackend, c: &SpoolCommand) -> Result<Value, String> {
     let e = |e: crate::spool::SpoolError| e.to_string();
     Ok(match c.action {
-        Action::List => serde_json::json!({ "messages": store.list(&c.filter).map_err(e)? }),
+        Action::List => serde_json::json!({ "messages": store.list(&c.filter).await.map_err(e)? }),
         Action::Show(seq) => {
-            let (record, body) = store.get(seq).map_err(e)?.ok_or("no such message")?;
+            let (record, body) = store.get(seq).await.map_err(e)?.ok_or("no such message")?;
             serde_json::json!({
                 "message": record,
                 "body_base64": base64::engine::general_purpose::STANDARD.encode(&body),
             })
         }
         Action::Retry => {
-            serde_json::json!({ "retried": runtime.block_on(store.retry(c.filter.clone())).map_err(e)? })
+            serde_json::json!({ "retried": store.retry(c.filter.clone()).await.map_err(e)? })
         }
         Action::Purge => {
-            serde_json::json!({ "purged": runtime.block_on(store.purge(c.filter.clone())).map_err(e)? })
+            serde_json::json!({ "purged": store.purge(c.filter.clone()).await.map_err(e)? })
         }
-        Action::Stats => serde_json::to_value(store.stats().map_err(e)?).unwrap_or_default(),
+        Action::Stats => serde_json::to_value(store.stats().await.map_err(e)?).unwrap_or_default(),
     })
 }
 

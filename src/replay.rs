@@ -27,6 +27,12 @@ use redis_store::{RedisStore, Reply};
 pub mod memory;
 mod redis_store;
 
+/// A Redis client for `settings` (its TLS material included), for the other users of the
+/// replay guard's Redis (the shared spool).
+pub fn redis_client(settings: &crate::config::RedisSettings) -> redis::RedisResult<redis::Client> {
+    redis_store::client(settings)
+}
+
 /// Why a reservation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {

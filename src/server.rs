@@ -165,7 +165,8 @@ pub fn run(config: Config, options: Options) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Opens the spool's store and starts its delivery workers on `background`.
+/// Opens the spool's store (the embedded file, or the replay guard's Redis after checking its
+/// durability) and starts its delivery workers on `background`.
 fn start_spool(
     settings: &crate::config::SpoolSettings,
     config: &Config,
@@ -173,23 +174,56 @@ fn start_spool(
     background: &tokio::runtime::Runtime,
 ) -> Result<Arc<crate::proxy::spool::Spool>, StartError> {
     let commits = metrics.spool.commit.clone();
-    let store = crate::spool::SpoolStore::open(
-        &settings.path,
-        crate::spool::store::Limits {
-            max_bytes: settings.max_bytes,
-            min_free_bytes: settings.min_free_bytes,
-            dedup_ttl: settings.dedup_ttl,
-        },
-        Box::new(move |d| commits.observe(d.as_secs_f64())),
-    )
-    .map_err(StartError::Spool)?;
+    let on_commit = move |d: Duration| commits.observe(d.as_secs_f64());
+    let store: Arc<dyn crate::spool::SpoolBackend> = match settings.backend {
+        crate::config::SpoolStoreKind::Embedded => Arc::new(
+            crate::spool::SpoolStore::open(
+                &settings.path,
+                crate::spool::store::Limits {
+                    max_bytes: settings.max_bytes,
+                    min_free_bytes: settings.min_free_bytes,
+                    dedup_ttl: settings.dedup_ttl,
+                },
+                Box::new(on_commit),
+            )
+            .map_err(StartError::Spool)?,
+        ),
+        crate::config::SpoolStoreKind::Redis => {
+            // The loader refuses `spool.backend: redis` without the replay guard's Redis.
+            let crate::config::ReplayStore::Redis(redis) = &config.replay.store else {
+                return Err(StartError::Spool(
+                    "spool.backend: redis needs replay.backend: redis".into(),
+                ));
+            };
+            let spool = crate::spool::RedisSpool::open(redis, settings, Box::new(on_commit))
+                .map_err(StartError::Spool)?;
+            // A 202 promises a durable record: a Redis that keeps none is refused.
+            for note in spool
+                .check_durability(settings.redis_allow_volatile)
+                .map_err(StartError::Spool)?
+            {
+                match note {
+                    crate::spool::redis::Durability::Synced => tracing::info!(
+                        "spool: Redis syncs every write to its append-only file (appendfsync always)"
+                    ),
+                    crate::spool::redis::Durability::Warning(w) => tracing::warn!("{w}"),
+                }
+            }
+            tracing::info!(
+                redis = %redis.display,
+                replica = spool.holder(),
+                "spool: shared by the replicas on this Redis"
+            );
+            Arc::new(spool)
+        }
+    };
     let deliverer = crate::proxy::spool::SpoolDeliverer::new(
         config.timeouts.clone(),
         settings.abort_header.clone(),
     );
     let observer: Arc<dyn crate::spool::delivery::Observer> = metrics.spool.clone();
     let delivery =
-        crate::spool::Delivery::new(store.clone(), settings.clone(), deliverer, observer);
+        crate::spool::Delivery::new(Arc::clone(&store), settings.clone(), deliverer, observer);
     background.spawn(Arc::clone(&delivery).run());
     tracing::info!("{}", settings.summary());
     Ok(Arc::new(crate::proxy::spool::Spool {

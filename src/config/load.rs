@@ -242,7 +242,7 @@ impl<'a> Loader<'a> {
         }
         let timeouts = self.timeouts(top);
         let replay = self.replay(top);
-        let spool = self.spool(top);
+        let spool = self.spool(top, &timeouts, &replay);
         let trusted_proxies = match self.get::<Vec<String>>(top, "trusted_proxies") {
             Some(list) => self.networks(&list, &YPath::root().key("trusted_proxies")),
             None => Vec::new(),

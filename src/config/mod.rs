@@ -40,7 +40,7 @@ use crate::providers::Provider;
 use expand::{Environment, ProcessEnv};
 use positions::Pos;
 pub use replay::*;
-pub use spool::SpoolSettings;
+pub use spool::{longest_attempt, SpoolSettings, SpoolStoreKind};
 
 // ---------------------------------------------------------------------------------------------
 // Validated configuration

@@ -1,5 +1,6 @@
-//! The spool's settings: where it lives, how much it may hold, how hard it retries. Present
-//! when the config has a `spool:` section or any route says `spool: true`.
+//! The spool's settings: where it lives (a file, or the replay guard's Redis), how much it
+//! may hold, how hard it retries. Present when the config has a `spool:` section or any route
+//! says `spool: true`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use crate::secret::Secret;
 /// A durable queue between the provider and the application (the spool module does the work).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolSettings {
+    /// Where the messages are kept.
+    pub backend: SpoolStoreKind,
     /// The embedded store's file (created if missing).
     pub path: PathBuf,
     /// Bound on the bytes of queued and dead messages: past it, new messages get 503
@@ -43,11 +46,39 @@ pub struct SpoolSettings {
     /// When set, the admin listener's `/spool` endpoints require `Authorization: Bearer
     /// <token>` from every client; when not, they answer loopback clients only.
     pub admin_token: Option<Secret>,
+    /// `redis`: how long an attempt holds its message. A replica that has not recorded the
+    /// attempt's result by then is taken to be dead, and another replica takes the message
+    /// over (the attempt counted ambiguous). Longer than any attempt can last.
+    pub redis_lease: Duration,
+    /// `redis`: start even when Redis keeps no append-only file (or may evict keys), where a
+    /// message answered 202 can be lost when Redis restarts.
+    pub redis_allow_volatile: bool,
 }
+
+/// Where the spool keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolStoreKind {
+    /// A file of this process (`spool.path`): one replica.
+    Embedded,
+    /// The Redis of the replay guard (`replay.backend: redis`), shared by several replicas.
+    Redis,
+}
+
+/// The longest an attempt can take with `timeouts` and a Redis bounded by `redis_timeout`:
+/// a connection, a pooled connection's failed exchange and a fresh one (each bounded by
+/// `upstream_read`), the response's body (`upstream_read` again), and recording the result.
+pub fn longest_attempt(timeouts: &super::Timeouts, redis_timeout: Duration) -> Duration {
+    timeouts.upstream_connect + timeouts.upstream_read * 3 + redis_timeout
+}
+
+/// The lease when none is configured: the longest attempt and a margin.
+const LEASE_MARGIN: Duration = Duration::from_secs(15);
 
 impl Default for SpoolSettings {
     fn default() -> Self {
         SpoolSettings {
+            backend: SpoolStoreKind::Embedded,
             path: PathBuf::from("hookguard-spool.redb"),
             max_bytes: 1 << 30,
             min_free_bytes: 256 << 20,
@@ -60,6 +91,9 @@ impl Default for SpoolSettings {
             client_error_attempts: 3,
             abort_header: http::HeaderName::from_static("x-webhook-abort"),
             admin_token: None,
+            redis_lease: longest_attempt(&super::Timeouts::default(), super::DEFAULT_REDIS_TIMEOUT)
+                + LEASE_MARGIN,
+            redis_allow_volatile: false,
         }
     }
 }
@@ -67,11 +101,26 @@ impl Default for SpoolSettings {
 impl SpoolSettings {
     /// One line for `check` and the startup log. Never contains the admin token.
     pub fn summary(&self) -> String {
+        let place = match self.backend {
+            SpoolStoreKind::Embedded => format!(
+                "{} (max {} bytes, keep {} free;",
+                self.path.display(),
+                self.max_bytes,
+                self.min_free_bytes
+            ),
+            SpoolStoreKind::Redis => format!(
+                "on the replay guard's Redis (max {} bytes, lease {}{};",
+                self.max_bytes,
+                humantime::format_duration(self.redis_lease),
+                if self.redis_allow_volatile {
+                    ", volatile Redis allowed"
+                } else {
+                    ""
+                }
+            ),
+        };
         format!(
-            "spool {} (max {} bytes, keep {} free; dedup {}, max age {}, {} workers, backoff {}..{}{})",
-            self.path.display(),
-            self.max_bytes,
-            self.min_free_bytes,
+            "spool {place} dedup {}, max age {}, {} workers, backoff {}..{}{})",
             humantime::format_duration(self.dedup_ttl),
             humantime::format_duration(self.max_age),
             self.workers,
@@ -89,6 +138,7 @@ impl SpoolSettings {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSpool {
+    backend: Option<SpoolStoreKind>,
     path: Option<PathBuf>,
     max_bytes: Option<u64>,
     min_free_bytes: Option<u64>,
@@ -106,11 +156,21 @@ pub(super) struct RawSpool {
     client_error_attempts: Option<u32>,
     abort_header: Option<String>,
     admin_token: Option<Secret>,
+    #[serde(default, with = "humantime_serde")]
+    redis_lease: Option<Duration>,
+    redis_allow_volatile: Option<bool>,
 }
 
 impl Loader<'_> {
     /// The `spool:` section, or `None` without one.
-    pub(super) fn spool(&mut self, top: &Mapping) -> Option<SpoolSettings> {
+    /// The `spool:` section, or `None` without one. `timeouts` and `replay` for the Redis
+    /// backend's checks: it needs the replay guard's Redis, and a lease longer than an attempt.
+    pub(super) fn spool(
+        &mut self,
+        top: &Mapping,
+        timeouts: &super::Timeouts,
+        replay: &super::ReplaySettings,
+    ) -> Option<SpoolSettings> {
         let path = YPath::root().key("spool");
         if let Some(Value::Mapping(m)) = top.get("spool") {
             self.unknown_keys(m, &path, struct_fields::<RawSpool>(), "`spool`");
@@ -164,7 +224,67 @@ impl Loader<'_> {
                 }
             },
         };
+        let backend = raw.backend.unwrap_or(d.backend);
+        let redis_timeout = match &replay.store {
+            super::ReplayStore::Redis(r) => r.timeout,
+            super::ReplayStore::Memory => super::DEFAULT_REDIS_TIMEOUT,
+        };
+        let longest = longest_attempt(timeouts, redis_timeout);
+        let redis_lease = raw.redis_lease.unwrap_or(longest + LEASE_MARGIN);
+        match backend {
+            SpoolStoreKind::Embedded => {
+                for (key, given) in [
+                    ("redis_lease", raw.redis_lease.is_some()),
+                    ("redis_allow_volatile", raw.redis_allow_volatile.is_some()),
+                ] {
+                    if given {
+                        self.error_at_key(
+                            &path.key(key),
+                            format!("`spool.{key}` applies only with `spool.backend: redis`"),
+                        );
+                    }
+                }
+            }
+            SpoolStoreKind::Redis => {
+                for (key, given) in [
+                    ("path", raw.path.is_some()),
+                    ("min_free_bytes", raw.min_free_bytes.is_some()),
+                ] {
+                    if given {
+                        self.error_at_key(
+                            &path.key(key),
+                            format!("`spool.{key}` applies only with `spool.backend: embedded` (with `redis`, the messages are in Redis)"),
+                        );
+                    }
+                }
+                // The replay section as written, not as loaded: a `replay.backend: redis` whose
+                // URL is wrong has its own error already.
+                let replay_redis = top
+                    .get("replay")
+                    .and_then(|r| r.get("backend"))
+                    .and_then(Value::as_str)
+                    == Some("redis");
+                if !replay_redis {
+                    self.error_at_value(
+                        &path.key("backend"),
+                        "`spool.backend: redis` needs `replay.backend: redis`: the spool runs on the replay guard's Redis (`replay.redis_url`, its prefix, timeout and TLS)".into(),
+                    );
+                }
+                if redis_lease <= longest {
+                    self.error_at_value(
+                        &path.key("redis_lease"),
+                        format!(
+                            "`spool.redis_lease` must be longer than an attempt can last ({}: `timeouts.upstream_connect` + 3 × `timeouts.upstream_read` + `replay.redis_timeout`), or a replica still delivering would have its message taken over",
+                            humantime::format_duration(longest)
+                        ),
+                    );
+                }
+            }
+        }
         Some(SpoolSettings {
+            backend,
+            redis_lease,
+            redis_allow_volatile: raw.redis_allow_volatile.unwrap_or(false),
             path: raw.path.unwrap_or(d.path),
             max_bytes,
             min_free_bytes: raw.min_free_bytes.unwrap_or(d.min_free_bytes),

@@ -593,3 +593,50 @@ fn admin_and_public_listeners_must_not_share_a_port() {
     ))
     .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn the_spool_on_redis_needs_the_replay_redis_and_a_lease_longer_than_an_attempt() {
+    // Loads: the lease by default is the longest attempt and a margin.
+    let c = load(&format!(
+        "replay:\n  backend: redis\n  redis_url: redis://localhost\nspool:\n  backend: redis\n{ROUTE}"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let s = c.spool.expect("a spool");
+    assert_eq!(s.backend, SpoolStoreKind::Redis);
+    let longest = longest_attempt(&Timeouts::default(), DEFAULT_REDIS_TIMEOUT);
+    assert!(s.redis_lease > longest, "{:?}", s.redis_lease);
+    assert!(!s.redis_allow_volatile);
+    assert!(
+        s.summary().contains("on the replay guard's Redis"),
+        "{}",
+        s.summary()
+    );
+    // The embedded store stays the default.
+    let c = load(&format!("spool:\n  workers: 2\n{ROUTE}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.spool.expect("a spool").backend, SpoolStoreKind::Embedded);
+
+    // Every error together, each at its place.
+    let errs = errors(&format!(
+        "spool:\n  backend: redis\n  path: /tmp/x.redb\n  redis_lease: 10s\n{ROUTE}"
+    ));
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(
+        errs[0].starts_with("test.yaml:2:12: `spool.backend: redis` needs `replay.backend: redis`"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1]
+            .starts_with("test.yaml:3:3: `spool.path` applies only with `spool.backend: embedded`"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[2].starts_with("test.yaml:4:16: `spool.redis_lease` must be longer than an attempt"),
+        "{errs:?}"
+    );
+    let errs = errors(&format!("spool:\n  redis_allow_volatile: true\n{ROUTE}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("`spool.redis_allow_volatile` applies only with `spool.backend: redis`"),
+        "{errs:?}"
+    );
+}

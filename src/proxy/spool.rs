@@ -15,13 +15,13 @@ use pingora::time::fast_timeout::fast_timeout;
 use super::upstream::UpstreamClient;
 use crate::config::Timeouts;
 use crate::spool::{
-    Attempt, Deliver, Delivery, Enqueued, Envelope, Incoming as Message, Outcome, SpoolError,
-    SpoolStore,
+    Attempt, Deliver, Delivery, Enqueued, Envelope, Incoming as Message, Outcome, SpoolBackend,
+    SpoolError,
 };
 
 /// The spool as the public listener uses it.
 pub struct Spool {
-    pub store: SpoolStore,
+    pub store: Arc<dyn SpoolBackend>,
     pub delivery: Arc<Delivery>,
     pub commit_timeout: Duration,
 }

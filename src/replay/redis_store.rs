@@ -130,7 +130,7 @@ struct Inner {
 
 /// A client for the configured URL; for `rediss://` with a private CA or a client
 /// certificate, one built with that material (otherwise the system's roots are trusted).
-fn client(settings: &RedisSettings) -> redis::RedisResult<Client> {
+pub(super) fn client(settings: &RedisSettings) -> redis::RedisResult<Client> {
     // rustls needs a process-wide crypto provider; ring is the one compiled in. An error
     // here means one is installed already, which is as good.
     let _ = rustls::crypto::ring::default_provider().install_default();

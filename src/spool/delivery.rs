@@ -21,8 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 
-use super::store::{Finish, SpoolStore};
-use super::{ms, now_ms, Record};
+use super::{ms, now_ms, Finish, Record, SpoolBackend};
 use crate::config::SpoolSettings;
 
 /// One attempt to give a message to the application.
@@ -74,7 +73,7 @@ struct Down {
 
 /// The delivery engine of one spool.
 pub struct Delivery {
-    store: SpoolStore,
+    store: Arc<dyn SpoolBackend>,
     settings: SpoolSettings,
     deliver: Arc<dyn Deliver>,
     observer: Arc<dyn Observer>,
@@ -87,7 +86,7 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(
-        store: SpoolStore,
+        store: Arc<dyn SpoolBackend>,
         settings: SpoolSettings,
         deliver: Arc<dyn Deliver>,
         observer: Arc<dyn Observer>,
@@ -126,7 +125,7 @@ impl Delivery {
             }
             // Until something is enqueued, a delivery ends, or the next message is due (or,
             // when every due message waits for a down upstream, its next probe).
-            let wait = match (blocked_until, self.store.next_due()) {
+            let wait = match (blocked_until, self.store.next_due().await) {
                 (Some(probe), _) => probe.saturating_duration_since(Instant::now()),
                 (None, Ok(Some(at))) => Duration::from_millis(at.saturating_sub(now_ms())),
                 (None, _) => Duration::from_secs(1),
@@ -141,14 +140,14 @@ impl Delivery {
     /// next probe (the scheduler sleeps until then instead of scanning again).
     async fn dispatch(self: &Arc<Self>) -> Option<Instant> {
         let batch = self.settings.workers * 4;
-        let Ok(mut due) = self.store.due(now_ms(), batch) else {
+        let Ok(mut due) = self.store.due(now_ms(), batch).await else {
             return None;
         };
         let mut started = false;
         let mut waiting_for_probe = false;
         // The newest due get a share, so that a long backlog does not starve them.
         if due.len() == batch {
-            if let Ok(all) = self.store.due(now_ms(), batch * 16) {
+            if let Ok(all) = self.store.due(now_ms(), batch * 16).await {
                 let newest: Vec<_> = all.iter().rev().take(batch / 4).copied().collect();
                 due.truncate(batch - newest.len());
                 due.extend(newest);
@@ -166,10 +165,10 @@ impl Delivery {
             let Ok(permit) = Arc::clone(&self.workers).try_acquire_owned() else {
                 return None; // every worker busy: woken when one ends
             };
-            let Ok(Some((record, _))) = self.store.get(seq) else {
+            let Ok(Some(upstream)) = self.store.upstream_of(seq).await else {
                 continue;
             };
-            if !self.may_try(&record.envelope.upstream) {
+            if !self.may_try(&upstream) {
                 waiting_for_probe = true;
                 continue;
             }
@@ -216,52 +215,59 @@ impl Delivery {
 
     /// The upstream answered (or did not): its state follows.
     async fn upstream_seen(&self, upstream: &str, reachable: bool) {
-        let woke = {
-            let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
-            if reachable {
-                match down.remove(upstream) {
-                    Some(d) => {
-                        tracing::info!(
-                            upstream,
-                            down_for = ?d.since.elapsed(),
-                            "spool: delivery to the upstream resumes"
-                        );
-                        true
-                    }
-                    None => false,
-                }
-            } else {
-                match down.get_mut(upstream) {
-                    Some(d) => {
-                        d.step += 1;
-                        d.next_probe = Instant::now() + self.backoff(d.step);
-                        d.probing = false;
-                    }
-                    None => {
-                        tracing::warn!(
-                            upstream,
-                            "spool: the upstream does not take messages; delivery stops, one probe per backoff step"
-                        );
-                        down.insert(
-                            upstream.to_owned(),
-                            Down {
-                                since: Instant::now(),
-                                step: 1,
-                                next_probe: Instant::now() + self.backoff(1),
-                                probing: false,
-                            },
-                        );
-                    }
-                }
-                false
+        if reachable {
+            let was_down = self
+                .down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(upstream);
+            if !was_down {
+                return;
             }
-        };
-        if woke {
-            // The backlog to it drains now, not at each message's own backoff.
+            // The backlog to it drains now, not at each message's own backoff. It is made due
+            // before the upstream counts as up again: until then the scheduler starts nothing
+            // else to it, so the messages the probes were tried on do not go after the ones
+            // never tried (the backlog drains in arrival order).
             match self.store.wake(upstream).await {
                 Ok(n) if n > 0 => tracing::info!(upstream, messages = n, "spool: backlog due"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "spool: could not wake the backlog"),
+            }
+            let removed = self
+                .down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(upstream);
+            if let Some(d) = removed {
+                tracing::info!(
+                    upstream,
+                    down_for = ?d.since.elapsed(),
+                    "spool: delivery to the upstream resumes"
+                );
+            }
+            return;
+        }
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match down.get_mut(upstream) {
+            Some(d) => {
+                d.step += 1;
+                d.next_probe = Instant::now() + self.backoff(d.step);
+                d.probing = false;
+            }
+            None => {
+                tracing::warn!(
+                    upstream,
+                    "spool: the upstream does not take messages; delivery stops, one probe per backoff step"
+                );
+                down.insert(
+                    upstream.to_owned(),
+                    Down {
+                        since: Instant::now(),
+                        step: 1,
+                        next_probe: Instant::now() + self.backoff(1),
+                        probing: false,
+                    },
+                );
             }
         }
     }
@@ -323,7 +329,7 @@ impl Delivery {
             Finish::Retry { .. } => ("retry", None),
             Finish::Dead { reason, .. } => ("dead", Some(reason.clone())),
         };
-        if let Err(e) = self.store.finish(seq, finish).await {
+        if let Err(e) = self.store.finish(seq, record.attempts, finish).await {
             tracing::warn!(error = %e, seq, "spool: could not record an attempt's result; the message will be tried again");
         }
         self.observer.attempt(result);
@@ -375,7 +381,7 @@ impl Delivery {
             reason: reason.into(),
             note,
         };
-        if let Err(e) = self.store.finish(record.seq, finish).await {
+        if let Err(e) = self.store.finish(record.seq, record.attempts, finish).await {
             tracing::warn!(error = %e, "spool: could not dead-letter a message");
             return;
         }

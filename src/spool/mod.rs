@@ -4,24 +4,117 @@
 //! - [`store`]: the embedded store (redb, one fsync per commit, shared by every message that
 //!   arrived meanwhile: group commit), with exactly-once enqueue (a copy of a message already
 //!   spooled or delivered is recognised by its keys, for `dedup_ttl`);
+//! - [`redis`]: the shared store of several replicas, on the Redis the replay guard uses
+//!   (`spool.backend: redis`), with the same enqueue-once guarantee and leases that let the
+//!   other replicas take over what a dead one was delivering;
 //! - [`delivery`]: the workers that hand messages to the application, retry with backoff and
 //!   jitter, probe a down upstream once per backoff step, and dead-letter what cannot be
 //!   delivered;
-//! - this file: the records and the answers the rest of hookguard sees.
+//! - this file: the records, the answers the rest of hookguard sees, and [`SpoolBackend`],
+//!   the interface both stores implement (the delivery code, the HTTP side, the admin
+//!   endpoints and the command line are the same for both).
 //!
 //! The spool knows nothing of HTTP: the proxy builds the request a message will be delivered
 //! as, and hands the spool a [`Deliver`] that sends one.
 
 pub mod delivery;
+pub mod redis;
 pub mod store;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use delivery::{Attempt, Deliver, Delivery, Outcome};
-pub use store::{SpoolStore, StoreStats};
+pub use redis::RedisSpool;
+pub use store::SpoolStore;
+
+/// What the spool keeps its messages in. Every call that changes a message is atomic and
+/// durable when it returns `Ok` (the embedded store: committed and synced; Redis: one script,
+/// as durable as the server's AOF makes it).
+#[async_trait]
+pub trait SpoolBackend: Send + Sync + 'static {
+    /// Writes `message`, unless one of its keys is already spooled or delivered (within
+    /// `dedup_ttl`): then nothing is written and the answer is `Duplicate`.
+    async fn enqueue(&self, message: Incoming) -> Result<Enqueued, SpoolError>;
+
+    /// Records that an attempt of `seq` starts, before the request goes out; `None` when the
+    /// message is not queued (any more), or (shared store) another replica holds it.
+    async fn start(&self, seq: u64) -> Result<Option<Started>, SpoolError>;
+
+    /// Records the result of attempt number `attempt` (the record's `attempts` as `start`
+    /// returned it). A result that comes too late (the message was taken over since) is
+    /// ignored.
+    async fn finish(&self, seq: u64, attempt: u32, finish: Finish) -> Result<(), SpoolError>;
+
+    /// Makes every queued message to `upstream` due now (it is back); returns how many.
+    async fn wake(&self, upstream: &str) -> Result<usize, SpoolError>;
+
+    /// Dead (or queued) messages matching `filter` queued again, due now.
+    async fn retry(&self, filter: Filter) -> Result<usize, SpoolError>;
+
+    /// Messages matching `filter` deleted (their keys stay: copies are still duplicates).
+    async fn purge(&self, filter: Filter) -> Result<usize, SpoolError>;
+
+    /// Forgets keys whose `dedup_ttl` is over; returns how many.
+    async fn sweep(&self) -> Result<usize, SpoolError>;
+
+    /// Up to `limit` queued messages due at `now_ms`, oldest due first: (due ms, seq).
+    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>, SpoolError>;
+
+    /// The earliest time a queued message is due, if any.
+    async fn next_due(&self) -> Result<Option<u64>, SpoolError>;
+
+    /// The upstream a queued message goes to (`None`: no such message), for the scheduler,
+    /// which looks at it before it starts an attempt.
+    async fn upstream_of(&self, seq: u64) -> Result<Option<String>, SpoolError>;
+
+    /// One message, with its body.
+    async fn get(&self, seq: u64) -> Result<Option<(Record, Bytes)>, SpoolError>;
+
+    /// The messages matching `filter`, in arrival order.
+    async fn list(&self, filter: &Filter) -> Result<Vec<Record>, SpoolError>;
+
+    async fn stats(&self) -> Result<StoreStats, SpoolError>;
+}
+
+/// The outcome of an attempt, as the store records it.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// The application took it: record and body deleted.
+    Delivered,
+    /// Another attempt at `next_ms`.
+    Retry {
+        next_ms: u64,
+        note: String,
+        client_error: bool,
+        ambiguous: bool,
+    },
+    /// Given up on.
+    Dead { reason: String, note: String },
+}
+
+/// An attempt recorded as started: the record (its `attempts` counting this one), the body,
+/// and whether the previous attempt had been interrupted (started, never finished).
+pub type Started = (Box<Record>, Bytes, bool);
+
+/// Counts and sizes, for metrics and `hookguard spool`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    pub queued: u64,
+    pub queued_bytes: u64,
+    pub dead: u64,
+    pub dead_bytes: u64,
+    /// When the oldest queued message arrived (unix ms).
+    pub oldest_queued_ms: Option<u64>,
+    /// Since the spool was created: messages written (each once), delivered, and attempts
+    /// whose fate is unknown (each may have been an extra delivery).
+    pub enqueued_total: u64,
+    pub delivered_total: u64,
+    pub ambiguous_total: u64,
+}
 
 /// A verified message as the spool keeps it: the request the application is to receive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +247,19 @@ pub struct Incoming {
     pub keys: Vec<u128>,
     pub envelope: Envelope,
     pub body: Bytes,
+}
+
+impl Incoming {
+    /// What the message holds in the spool, as `max_bytes` counts it: body and headers.
+    pub fn bytes(&self) -> u64 {
+        let headers: usize = self
+            .envelope
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum();
+        (self.body.len() + headers) as u64
+    }
 }
 
 /// Header values are bytes (not always UTF-8): base64 in the record.

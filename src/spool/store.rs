@@ -23,7 +23,12 @@ use bytes::Bytes;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
-use super::{now_ms, Enqueued, Filter, Incoming, Record, SpoolError, State};
+use async_trait::async_trait;
+
+use super::{
+    now_ms, Enqueued, Filter, Finish, Incoming, Record, SpoolBackend, SpoolError, Started, State,
+    StoreStats,
+};
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
@@ -53,27 +58,7 @@ pub struct Limits {
     pub dedup_ttl: Duration,
 }
 
-/// The outcome of an attempt, as the store records it.
-#[derive(Debug, Clone)]
-pub enum Finish {
-    /// The application took it: record and body deleted.
-    Delivered,
-    /// Another attempt at `next_ms`.
-    Retry {
-        next_ms: u64,
-        note: String,
-        client_error: bool,
-        ambiguous: bool,
-    },
-    /// Given up on.
-    Dead { reason: String, note: String },
-}
-
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
-
-/// An attempt recorded as started: the record (its `attempts` counting this one), the body,
-/// and whether the previous attempt had been interrupted (started, never finished).
-pub type Started = (Box<Record>, Bytes, bool);
 
 enum Op {
     Enqueue(Incoming, Reply<Enqueued>),
@@ -85,22 +70,6 @@ enum Op {
     Retry(Filter, Reply<usize>),
     Purge(Filter, Reply<usize>),
     Sweep(Reply<usize>),
-}
-
-/// Counts and sizes, for metrics and `hookguard spool`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StoreStats {
-    pub queued: u64,
-    pub queued_bytes: u64,
-    pub dead: u64,
-    pub dead_bytes: u64,
-    /// When the oldest queued message arrived (unix ms).
-    pub oldest_queued_ms: Option<u64>,
-    /// Since the spool file was created: messages written (each once), delivered, and
-    /// attempts whose fate is unknown (each may have been an extra delivery).
-    pub enqueued_total: u64,
-    pub delivered_total: u64,
-    pub ambiguous_total: u64,
 }
 
 /// The spool's store: cheap to clone, shared by the proxy, the workers and the admin
@@ -318,6 +287,65 @@ impl SpoolStore {
         let txn = current(&self.db)?.begin_read().map_err(unavailable)?;
         let dedup = txn.open_table(DEDUP).map_err(unavailable)?;
         dedup.len().map_err(unavailable)
+    }
+}
+
+/// The embedded store behind the spool's interface: the writes go through the writer
+/// thread; the reads are redb read transactions (short, never blocked by the writer).
+#[async_trait]
+impl SpoolBackend for SpoolStore {
+    async fn enqueue(&self, message: Incoming) -> Result<Enqueued, SpoolError> {
+        SpoolStore::enqueue(self, message).await
+    }
+
+    async fn start(&self, seq: u64) -> Result<Option<Started>, SpoolError> {
+        SpoolStore::start(self, seq).await
+    }
+
+    /// One process delivers from this file: no attempt can have been taken over, so
+    /// `attempt` needs no check.
+    async fn finish(&self, seq: u64, _attempt: u32, finish: Finish) -> Result<(), SpoolError> {
+        SpoolStore::finish(self, seq, finish).await
+    }
+
+    async fn wake(&self, upstream: &str) -> Result<usize, SpoolError> {
+        SpoolStore::wake(self, upstream).await
+    }
+
+    async fn retry(&self, filter: Filter) -> Result<usize, SpoolError> {
+        SpoolStore::retry(self, filter).await
+    }
+
+    async fn purge(&self, filter: Filter) -> Result<usize, SpoolError> {
+        SpoolStore::purge(self, filter).await
+    }
+
+    async fn sweep(&self) -> Result<usize, SpoolError> {
+        SpoolStore::sweep(self).await
+    }
+
+    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>, SpoolError> {
+        SpoolStore::due(self, now_ms, limit)
+    }
+
+    async fn next_due(&self) -> Result<Option<u64>, SpoolError> {
+        SpoolStore::next_due(self)
+    }
+
+    async fn upstream_of(&self, seq: u64) -> Result<Option<String>, SpoolError> {
+        Ok(SpoolStore::get(self, seq)?.map(|(r, _)| r.envelope.upstream))
+    }
+
+    async fn get(&self, seq: u64) -> Result<Option<(Record, Bytes)>, SpoolError> {
+        SpoolStore::get(self, seq)
+    }
+
+    async fn list(&self, filter: &Filter) -> Result<Vec<Record>, SpoolError> {
+        SpoolStore::list(self, filter)
+    }
+
+    async fn stats(&self) -> Result<StoreStats, SpoolError> {
+        SpoolStore::stats(self)
     }
 }
 
@@ -573,12 +601,7 @@ impl Writer {
         let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<u64, SpoolError> {
             Ok(meta.get(k).map_err(unavailable)?.map_or(0, |v| v.value()))
         };
-        let bytes = (m.body.len()
-            + m.envelope
-                .headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>()) as u64;
+        let bytes = m.bytes();
         let held = get(&meta, QUEUED_BYTES)? + get(&meta, DEAD_BYTES)?;
         if held.saturating_add(bytes) > self.limits.max_bytes {
             return Err(SpoolError::Full("spool.max_bytes reached"));

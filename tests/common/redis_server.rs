@@ -24,6 +24,8 @@ pub struct TestRedis {
     child: Option<Child>,
     /// Where a TLS server's certificates are (`None`: plain TCP).
     pub tls: Option<TlsFiles>,
+    /// More `redis-server` arguments (they override the defaults: later ones win).
+    extra: Vec<String>,
 }
 
 /// A private CA, a server certificate for 127.0.0.1 signed by it, and a client certificate
@@ -94,6 +96,7 @@ impl TestRedis {
                 port: None,
                 child: None,
                 tls: None,
+                extra: Vec::new(),
             });
         }
         Self::private(test)
@@ -110,7 +113,17 @@ impl TestRedis {
         Self::private_with(test, Some(TlsFiles::generate()))
     }
 
+    /// A private `redis-server` started with `args` after the defaults (`--dir`, for a
+    /// test that turns the append-only file on).
+    pub fn private_args(test: &str, args: &[&str]) -> Option<TestRedis> {
+        Self::private_full(test, None, args)
+    }
+
     fn private_with(test: &str, tls: Option<TlsFiles>) -> Option<TestRedis> {
+        Self::private_full(test, tls, &[])
+    }
+
+    fn private_full(test: &str, tls: Option<TlsFiles>, args: &[&str]) -> Option<TestRedis> {
         if !on_path("redis-server") {
             if std::env::var(URL_ENV).is_ok() {
                 panic!("{URL_ENV} is set (CI) but `redis-server` is not on PATH: {test} needs its own instance");
@@ -125,6 +138,7 @@ impl TestRedis {
             port: Some(port),
             child: None,
             tls,
+            extra: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         r.start();
         Some(r)
@@ -148,6 +162,7 @@ impl TestRedis {
         };
         let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -1,0 +1,592 @@
+//! The shared spool (`spool.backend: redis`), end to end: real hookguard processes on one real
+//! redis-server, a recording upstream, a raw HTTP client.
+//!
+//! What is held: a message is answered `202` once its script has returned, delivered, and a
+//! copy is `200 duplicate`, also when the copy goes to another replica; a replica killed
+//! mid-delivery has its message taken over by the other when the lease ends, the interrupted
+//! attempt counted ambiguous; Redis without an append-only file is refused at start (unless
+//! allowed), `appendfsync everysec` is warned about, a Redis that denies CONFIG is said to be
+//! unchecked; `spool.backend: redis` without the replay guard's Redis is refused at load.
+//! The long proof (ignored; `scripts/spool_redis_proof.sh`): thousands of messages, two
+//! replicas killed with SIGKILL again and again, a client retrying what was not answered 2xx.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::redis_server::{unique_prefix, TestRedis};
+use common::*;
+
+/// The lease the tests configure: longer than an attempt can last with their timeouts
+/// (0.5 s connect + 3 × 1 s read + 1 s Redis = 4.5 s).
+const LEASE: &str = "5s";
+
+/// A replica: one Mailgun route `/mg` with `spool: true` on the shared spool in `redis` under
+/// `prefix`, forwarding to `upstream_url`, quick retries and short timeouts.
+fn replica(upstream_url: &str, redis: &str, prefix: &str) -> TestConfig {
+    let upstream = Upstream::start();
+    TestConfig::new(&upstream)
+        .set("upstream", upstream_url)
+        .set("timeouts.upstream_connect", "500ms")
+        .set("timeouts.upstream_read", "1s")
+        .set("replay.backend", "redis")
+        .set("replay.redis_url", redis)
+        .set("replay.redis_prefix", prefix)
+        .set("replay.redis_timeout", "1s")
+        .set("spool.backend", "redis")
+        .set("spool.redis_lease", LEASE)
+        .set("spool.backoff_initial", "100ms")
+        .set("spool.backoff_max", "400ms")
+        .route(TestRoute::mailgun("mg", "/mg", MG_KEY).set("spool", true))
+}
+
+/// A replica on a Redis that keeps no append-only file (the test servers): allowed.
+fn volatile_replica(upstream_url: &str, redis: &str, prefix: &str) -> TestConfig {
+    replica(upstream_url, redis, prefix).set("spool.redis_allow_volatile", true)
+}
+
+fn send(port: u16, token: &str) -> HttpResponse {
+    post(port, "/mg", &[JSON], &mg_json(token))
+}
+
+fn eventually(within: Duration, what: &str, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_queued(resp: &HttpResponse) -> String {
+    assert_eq!(resp.status, 202, "queued: {}", resp.text());
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("JSON");
+    assert_eq!(v["status"], "queued");
+    v["id"].as_str().expect("an id").to_owned()
+}
+
+/// `/spool/stats` of a replica.
+fn stats(proxy: &Proxy) -> serde_json::Value {
+    let r = get(proxy.admin_port, "/spool/stats").expect("admin");
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).expect("JSON")
+}
+
+/// The ids the upstream received, in order.
+fn ids(upstream: &Upstream) -> Vec<String> {
+    upstream
+        .received()
+        .iter()
+        .map(|r| r.header("x-webhook-id").unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Runs hookguard on `config` expecting it to exit by itself (refusing to start); its exit
+/// code and output. Killed after 30 s if it does not.
+fn start_expecting_exit(config: &TestConfig) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config.yaml()).unwrap();
+    let log = dir.path().join("log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookguard"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(file.try_clone().unwrap()))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn a_message_is_answered_202_delivered_once_and_a_copy_is_a_duplicate() {
+    let Some(redis) =
+        TestRedis::shared("a_message_is_answered_202_delivered_once_and_a_copy_is_a_duplicate")
+    else {
+        return;
+    };
+    let upstream = Upstream::start();
+    let prefix = unique_prefix("spool-basic");
+    let proxy = Proxy::start_config(&volatile_replica(&upstream.url(), &redis.url, &prefix));
+    let body = mg_json(&token());
+    let id = assert_queued(&post(proxy.port, "/mg", &[JSON], &body));
+    // A copy while it may still be queued, and after delivery: never spooled twice.
+    assert_duplicate(&post(proxy.port, "/mg", &[JSON], &body));
+    eventually(Duration::from_secs(5), "delivery", || upstream.count() == 1);
+    let got = &upstream.received()[0];
+    assert_eq!(got.header("x-webhook-id"), Some(id.as_str()));
+    assert_eq!(got.header("x-webhook-attempt"), Some("1"));
+    assert_eq!(got.json()["event-data"]["event"], "delivered");
+    assert_duplicate(&post(proxy.port, "/mg", &[JSON], &body));
+    eventually(Duration::from_secs(3), "recorded as delivered", || {
+        stats(&proxy)["delivered_total"] == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(upstream.count(), 1);
+    let s = stats(&proxy);
+    assert_eq!(s["enqueued_total"], 1, "{s}");
+    assert_eq!(s["queued"], 0, "{s}");
+    assert_eq!(s["queued_bytes"], 0, "{s}");
+
+    // The keys are in Redis, under the replay prefix plus `spool:`, with dedup_ttl.
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}spool:d:*"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).unwrap();
+    assert!(ttl > 6 * 24 * 3600 * 1000, "dedup_ttl (7 days): {ttl}");
+
+    // Dead letters are kept, listed, retried and purged as with the embedded store.
+    upstream.script([Reply::WithHeader(500, "x-webhook-abort", "no")]);
+    assert_queued(&send(proxy.port, &token()));
+    eventually(Duration::from_secs(5), "a dead letter", || {
+        stats(&proxy)["dead"] == 1
+    });
+    let cfg = proxy.config_path();
+    let cfg = cfg.to_str().unwrap();
+    let (code, out, err) = proxy.cli(&["spool", "-c", cfg, "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dead (aborted)"), "{out}");
+    let (code, out, err) = proxy.cli(&["spool", "-c", cfg, "retry", "--state", "dead"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 message(s) queued again"), "{out}");
+    eventually(Duration::from_secs(5), "the retried one delivered", || {
+        stats(&proxy)["delivered_total"] == 2
+    });
+    assert_eq!(stats(&proxy)["dead"], 0);
+}
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn a_copy_sent_to_another_replica_is_a_duplicate() {
+    let Some(redis) = TestRedis::shared("a_copy_sent_to_another_replica_is_a_duplicate") else {
+        return;
+    };
+    // The application is down at first: the message stays queued.
+    let port = free_port();
+    let app = format!("http://127.0.0.1:{port}");
+    let prefix = unique_prefix("spool-copy");
+    let a = Proxy::start_config(&volatile_replica(&app, &redis.url, &prefix));
+    let b = Proxy::start_config(&volatile_replica(&app, &redis.url, &prefix));
+    let body = mg_json(&token());
+    let id = assert_queued(&post(a.port, "/mg", &[JSON], &body));
+    assert_duplicate(&post(b.port, "/mg", &[JSON], &body));
+    // Both replicas see the one message.
+    assert_eq!(stats(&a)["queued"], 1);
+    assert_eq!(stats(&b)["queued"], 1);
+    let cfg = b.config_path();
+    let (code, out, err) = b.cli(&["spool", "-c", cfg.to_str().unwrap(), "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id) && out.contains("1 message(s)"), "{out}");
+
+    let upstream = Upstream::on_port(port, Reply::Status(200, "{}"));
+    eventually(Duration::from_secs(10), "delivered", || {
+        upstream.count() >= 1
+    });
+    eventually(Duration::from_secs(3), "the spool emptied", || {
+        stats(&b)["queued"] == 0
+    });
+    assert_duplicate(&post(b.port, "/mg", &[JSON], &body));
+    assert_duplicate(&post(a.port, "/mg", &[JSON], &body));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ids(&upstream), [id], "delivered once, by one replica");
+    assert_eq!(stats(&a)["enqueued_total"], 1);
+
+    // With no replica running, `hookguard spool` asks Redis itself.
+    let (mut a, mut b) = (a, b);
+    a.kill9();
+    b.kill9();
+    let (code, out, err) = b.cli(&["spool", "-c", cfg.to_str().unwrap(), "stats"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 enqueued, 1 delivered"), "{out}");
+}
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn a_replica_killed_mid_delivery_has_its_message_taken_over_and_counted() {
+    let Some(redis) =
+        TestRedis::shared("a_replica_killed_mid_delivery_has_its_message_taken_over_and_counted")
+    else {
+        return;
+    };
+    let upstream = Upstream::start();
+    // The first attempt hangs: its replica is killed while the application has the message.
+    upstream.script([Reply::Slow(Duration::from_secs(30), 200)]);
+    let prefix = unique_prefix("spool-takeover");
+    let mut a = Proxy::start_config(&volatile_replica(&upstream.url(), &redis.url, &prefix));
+    let mut b = Proxy::start_config(&volatile_replica(&upstream.url(), &redis.url, &prefix));
+    let id = assert_queued(&send(a.port, &token()));
+    eventually(Duration::from_secs(5), "mid-delivery", || {
+        upstream.count() == 1
+    });
+    upstream.clear_script();
+    // Whichever replica took it (most likely the one that queued it) is killed.
+    let mut conn = redis.conn();
+    let holder: String = redis::cmd("HGET")
+        .arg(format!("{prefix}spool:m:1"))
+        .arg("holder")
+        .query(&mut conn)
+        .unwrap();
+    let killed_a = holder.contains(&format!("-{}-", a.pid()));
+    assert!(
+        killed_a || holder.contains(&format!("-{}-", b.pid())),
+        "holder {holder}"
+    );
+    let (dead, survivor) = if killed_a { (&mut a, &b) } else { (&mut b, &a) };
+    let killed_at = Instant::now();
+    dead.kill9();
+
+    // Not before the lease ends (5 s from the start of the attempt), then by the survivor.
+    eventually(Duration::from_secs(15), "taken over", || {
+        upstream.count() == 2
+    });
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(3),
+        "taken over after {:?}, before the lease ended",
+        killed_at.elapsed()
+    );
+    let again = &upstream.received()[1];
+    assert_eq!(again.header("x-webhook-id"), Some(id.as_str()));
+    assert_eq!(again.header("x-webhook-attempt"), Some("2"));
+    eventually(Duration::from_secs(3), "recorded", || {
+        stats(survivor)["delivered_total"] == 1
+    });
+    let s = stats(survivor);
+    assert_eq!(s["ambiguous_total"], 1, "the interrupted attempt: {s}");
+    assert_eq!(s["queued"], 0, "{s}");
+    assert_eq!(
+        survivor.metric("hookguard_spool_ambiguous_deliveries_total"),
+        1.0
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(upstream.count(), 2);
+}
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn a_redis_without_an_append_only_file_is_refused_at_start_unless_allowed() {
+    // Its directory given at start (`dir` cannot be changed at run time): the append-only
+    // file is turned on below.
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis) = TestRedis::private_args(
+        "a_redis_without_an_append_only_file_is_refused_at_start_unless_allowed",
+        &["--dir", dir.path().to_str().unwrap()],
+    ) else {
+        return;
+    };
+    let upstream = Upstream::start();
+    let prefix = unique_prefix("spool-aof");
+    // A password in the URL: it never shows.
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("pw-sekrit-9")
+        .query(&mut conn)
+        .unwrap();
+    let port = redis.port.unwrap();
+    let url = format!("redis://:pw-sekrit-9@127.0.0.1:{port}");
+    let (code, log) = start_expecting_exit(&replica(&upstream.url(), &url, &prefix));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("appendonly no"), "{log}");
+    assert!(log.contains("redis_allow_volatile"), "{log}");
+    assert!(!log.contains("pw-sekrit-9"), "{log}");
+
+    // Allowed: it starts, and says what it accepted.
+    let proxy = Proxy::start_config(&volatile_replica(&upstream.url(), &url, &prefix));
+    proxy.log_when(|l| l.contains("allowed by spool.redis_allow_volatile"));
+    assert_queued(&send(proxy.port, &token()));
+    drop(proxy);
+
+    // With an append-only file synced once a second: it starts, with a warning.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for (k, v) in [("appendonly", "yes"), ("appendfsync", "everysec")] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query(&mut conn)
+            .unwrap();
+    }
+    let proxy = Proxy::start_config(&replica(&upstream.url(), &url, &prefix));
+    let log = proxy.log_when(|l| l.contains("appendfsync everysec"));
+    assert!(log.contains("1 s"), "{log}");
+    assert!(!log.contains("pw-sekrit-9"), "{log}");
+    drop(proxy);
+
+    // A Redis that does not let hookguard read its config: started, said to be unchecked.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-config")
+        .query(&mut conn)
+        .unwrap();
+    let proxy = Proxy::start_config(&replica(&upstream.url(), &url, &prefix));
+    proxy.log_when(|l| l.contains("could not check Redis's persistence"));
+    assert_queued(&send(proxy.port, &token()));
+}
+
+#[test]
+fn spool_backend_redis_without_the_replay_redis_is_refused_at_load() {
+    let upstream = Upstream::start();
+    let config = TestConfig::new(&upstream)
+        .set("spool.backend", "redis")
+        .set("spool.path", "/tmp/nowhere.redb")
+        .set("spool.redis_lease", "1s")
+        .route(TestRoute::mailgun("mg", "/mg", MG_KEY).set("spool", true));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config.yaml()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hookguard"))
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    // Every error at once, each with its position.
+    assert!(
+        text.contains("`spool.backend: redis` needs `replay.backend: redis`"),
+        "{text}"
+    );
+    assert!(text.contains("`spool.path` applies only with"), "{text}");
+    assert!(
+        text.contains("`spool.redis_lease` must be longer than an attempt"),
+        "{text}"
+    );
+    assert!(text.contains("config.yaml:"), "positioned: {text}");
+}
+
+// ------------------------------------------------------------------------------------------
+// The long proof
+// ------------------------------------------------------------------------------------------
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One POST with bounded waits; `None` when the replica did not answer (killed, restarting).
+fn try_post(port: u16, body: &[u8]) -> Option<u16> {
+    let stream = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    drop(stream);
+    let mut conn = Conn::open(port).ok()?;
+    conn.set_read_timeout(Duration::from_secs(10));
+    conn.post("/mg", &[JSON], body).ok().map(|r| r.status)
+}
+
+/// Two replicas on one redis-server, killed with SIGKILL in turn while a client sends
+/// thousands of messages at concurrency 32 and retries every one not answered 2xx (on the
+/// other replica, or the same once it is back). Sized by `SPOOL_PROOF_MESSAGES` (10000),
+/// `SPOOL_PROOF_CONCURRENCY` (32), `SPOOL_PROOF_KILLS` (20), `SPOOL_PROOF_APP_DELAY_MS` (0: how
+/// long the application takes to answer, so that more kills land mid-delivery); Redis from
+/// `SPOOL_PROOF_REDIS_URL` (else the test Redis). Holds: every message answered 2xx is delivered; each is enqueued
+/// once (`enqueued_total` = messages); deliveries beyond one per message are at most the
+/// attempts counted ambiguous; the spool is empty at the end.
+#[ignore = "long (10,000 messages, 20 SIGKILLs), needs redis-server: scripts/spool_redis_proof.sh runs it"]
+#[test]
+fn proof_two_replicas_killed_again_and_again_lose_nothing_and_enqueue_once() {
+    let messages = env_or("SPOOL_PROOF_MESSAGES", 10_000);
+    let concurrency = env_or("SPOOL_PROOF_CONCURRENCY", 32);
+    let kills = env_or("SPOOL_PROOF_KILLS", 20);
+    let delay = env_or("SPOOL_PROOF_APP_DELAY_MS", 0);
+    let shared;
+    let url = match std::env::var("SPOOL_PROOF_REDIS_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            let Some(r) = TestRedis::shared("proof") else {
+                return;
+            };
+            shared = r;
+            shared.url.clone()
+        }
+    };
+    let upstream = match delay {
+        0 => Upstream::start(),
+        ms => Upstream::with_default(Reply::Slow(Duration::from_millis(ms as u64), 200)),
+    };
+    let prefix = unique_prefix("spool-proof");
+    let config = |allow: bool| {
+        replica(&upstream.url(), &url, &prefix)
+            .set("spool.redis_allow_volatile", allow)
+            .set("spool.workers", 16)
+            .set("replay.redis_timeout", "2s")
+            .set("spool.redis_lease", "8s")
+            .set("threads", 2)
+    };
+    // A durable Redis (the script's) is checked like production; the test Redis is allowed.
+    let allow = std::env::var("SPOOL_PROOF_REDIS_URL").is_err();
+    let mut replicas = [
+        Proxy::start_config(&config(allow)),
+        Proxy::start_config(&config(allow)),
+    ];
+    let ports: Vec<u16> = replicas.iter().map(|p| p.port).collect();
+    let admin_ports: Vec<u16> = replicas.iter().map(|p| p.admin_port).collect();
+
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let answered: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let not_2xx = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..concurrency)
+        .map(|c| {
+            let (next, answered, not_2xx, done, ports) = (
+                next.clone(),
+                answered.clone(),
+                not_2xx.clone(),
+                done.clone(),
+                ports.clone(),
+            );
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= messages {
+                    break;
+                }
+                let token = format!("proof{i:06}x{}", token());
+                let body = mg_json(&token);
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut tries = 0usize;
+                loop {
+                    let port = ports[(i + c + tries) % ports.len()];
+                    match try_post(port, &body) {
+                        Some(200 | 202) => break,
+                        _ => {
+                            not_2xx.fetch_add(1, Ordering::Relaxed);
+                            assert!(Instant::now() < deadline, "{token} never answered 2xx");
+                            tries += 1;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+                answered.lock().unwrap().insert(token);
+                done.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+
+    // SIGKILL and restart, in turn, spread over the sending.
+    let mut killed = 0;
+    while killed < kills {
+        let sent = done.load(Ordering::SeqCst);
+        let due = messages * (killed + 1) / (kills + 1);
+        if sent < due && sent < messages {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let victim = &mut replicas[killed % 2];
+        victim.kill9();
+        std::thread::sleep(Duration::from_millis(150));
+        victim.restart();
+        killed += 1;
+    }
+    for c in clients {
+        c.join().expect("client");
+    }
+    let sent_for = started.elapsed();
+
+    // Everything delivered and the spool empty (the last takeovers wait for their leases).
+    let stats_of = |port: u16| -> serde_json::Value {
+        let r = get(port, "/spool/stats").expect("stats");
+        serde_json::from_slice(&r.body).expect("JSON")
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = stats_of(admin_ports[0]);
+        if s["queued"] == 0 && s["delivered_total"].as_u64() == Some(messages as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never emptied: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let elapsed = started.elapsed();
+    let s = stats_of(admin_ports[1]);
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for id in ids(&upstream) {
+        *per_id.entry(id).or_default() += 1;
+    }
+    let answered = answered.lock().unwrap();
+    let deliveries: usize = per_id.values().sum();
+    let extra = deliveries - per_id.len();
+    let ambiguous = s["ambiguous_total"].as_u64().unwrap() as usize;
+    println!(
+        "spool redis proof: {messages} messages at concurrency {concurrency}, app answering \
+         after {delay} ms, {kills} SIGKILLs (alternating between 2 replicas), {} requests not answered 2xx and retried; \
+         {deliveries} deliveries of {} distinct messages, {extra} extra; {ambiguous} attempts \
+         counted ambiguous; enqueued_total {}, delivered_total {}, dead {}, queued {}; \
+         sending took {:.1} s, all delivered after {:.1} s",
+        not_2xx.load(Ordering::Relaxed),
+        per_id.len(),
+        s["enqueued_total"],
+        s["delivered_total"],
+        s["dead"],
+        s["queued"],
+        sent_for.as_secs_f64(),
+        elapsed.as_secs_f64(),
+    );
+    assert_eq!(answered.len(), messages);
+    let missing: Vec<_> = answered
+        .iter()
+        .filter(|t| !per_id.contains_key(*t))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "answered 2xx, never delivered: {missing:?}"
+    );
+    assert_eq!(
+        s["enqueued_total"].as_u64(),
+        Some(messages as u64),
+        "each enqueued once"
+    );
+    assert!(
+        extra <= ambiguous,
+        "{extra} extra deliveries, {ambiguous} counted ambiguous"
+    );
+    assert_eq!(s["queued"], 0);
+    assert_eq!(s["dead"], 0);
+}
