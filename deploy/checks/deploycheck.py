@@ -897,12 +897,19 @@ def smoke(base, binary, df, a):
                and got.get("body", {}).get("event-data", {}).get("recipient") == "alice@example.com"
                and got.get("path") == "/webhooks/mailgun", got)
 
+        # A copy of a delivered message: 200 {"status":"duplicate"} (contract: providers read 409 as
+        # a failed delivery and retry for days), and the app still has exactly one request.
         status, resp = curl_status(signed)
-        expect("smoke: the same webhook again is a replay: 409 replayed", status == 409 and "replayed" in resp,
-               "%s %s" % (status, resp))
+        expect("smoke: the same webhook again is a duplicate: 200 {\"status\":\"duplicate\"}, not forwarded",
+               status == 200 and '"duplicate"' in resp, "%s %s" % (status, resp))
+        time.sleep(0.2)
+        records = [l for l in read(app_log).splitlines() if l.startswith("{") and '"method"' in l]
+        expect("smoke: the duplicate did not reach the app", len(records) == 1, records)
         _, metrics = http_get(admin + "/metrics")
         expect("smoke: /metrics counts the forwarded webhook",
                re.search(r'hookguard_requests_total\{[^}]*outcome="forwarded"[^}]*\} 1\b', metrics), metrics[:500])
+        expect("smoke: /metrics counts the duplicate as outcome replayed",
+               re.search(r'hookguard_requests_total\{[^}]*outcome="replayed"[^}]*\} 1\b', metrics), metrics[:500])
 
         pid = int(read(pidfile))
         os.kill(pid, signal.SIGTERM)
