@@ -2,7 +2,9 @@
 # Profiles hookguard (threads 1) under the benchmark's load: nginx `return 200` upstream, wrk
 # with uniquely signed ~1 KiB Mailgun form bodies, `perf record` on the hookguard process.
 #
-#   bench/profile.sh [--seconds N] [--binary PATH] [--log-level LEVEL] [--out DIR]
+#   bench/profile.sh [--seconds N] [--binary PATH] [--log-level LEVEL] [--spool] [--out DIR]
+#
+# --spool: the route spools (`spool: true`, the file under target/bench-spool, a real disk).
 #
 # perf samples on `cpu-clock` (a software timer: works in VMs without hardware counters) and
 # unwinds with DWARF (.eh_frame), so the plain release binary gives call chains; for inlined
@@ -18,12 +20,14 @@ BENCH="$ROOT/bench"
 SECONDS_=10
 BINARY=""
 LOG_LEVEL=""
+SPOOL=0
 OUTDIR="$BENCH/results/profile-$(date +%Y%m%d-%H%M%S)"
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) SECONDS_=$2; shift ;;
         --binary) BINARY=$2; shift ;;
         --log-level) LOG_LEVEL=$2; shift ;;
+        --spool) SPOOL=1 ;;
         --out) OUTDIR=$2; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -89,6 +93,11 @@ routes:
     secrets: ["$SECRET"]
     tolerance: 6h
 EOF
+if [ "$SPOOL" = 1 ]; then
+    rm -rf "$ROOT/target/bench-spool" && mkdir -p "$ROOT/target/bench-spool"
+    printf '    spool: true\nspool:\n  path: "%s"\n  max_bytes: 8589934592\n' \
+        "$ROOT/target/bench-spool/profile.redb" >>"$WORK/hg.yaml"
+fi
 args=(--config "$WORK/hg.yaml")
 [ -n "$LOG_LEVEL" ] && args+=(--log-level "$LOG_LEVEL")
 "$BINARY" "${args[@]}" >"$WORK/hg.log" 2>&1 &
@@ -110,6 +119,7 @@ perf record -e cpu-clock -F 1999 --call-graph dwarf,16384 -t "$TIDS" -o "$OUTDIR
 wait "$WRK_PID" || true
 curl -fsS "http://127.0.0.1:$ADMIN/metrics" | grep '^hookguard_requests_total' | grep -v ' 0$' \
     >"$OUTDIR/outcomes.txt" || true
+curl -fsS "http://127.0.0.1:$ADMIN/metrics" | grep '^hookguard_spool' >"$OUTDIR/spool.txt" || true
 
 perf report -i "$OUTDIR/perf.data" --no-children --sort symbol --stdio --percent-limit 0.5 \
     -g none 2>/dev/null >"$OUTDIR/self.txt"

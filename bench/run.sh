@@ -487,7 +487,7 @@ measure() {
         hookguard-t1) kind=hookguard ;;
         hookguard-t1-nolog) kind=hookguard ;;
         hookguard-t2) kind=hookguard ;;
-        hookguard-t1-1000routes hookguard-t1-spool) kind=hookguard ;;
+        hookguard-t1-1000routes) kind=hookguard ;;
         hookguard-t1-alt) kind=hookguard ;;
         hookguard-t1-spool) kind=hookguard ;;
         hookguard-t1-stripe) kind=hookguard; workload=stripe ;;

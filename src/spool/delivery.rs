@@ -140,15 +140,15 @@ impl Delivery {
     /// next probe (the scheduler sleeps until then instead of scanning again).
     async fn dispatch(self: &Arc<Self>) -> Option<Instant> {
         let batch = self.settings.workers * 4;
-        let Ok(mut due) = self.store.due(now_ms(), batch).await else {
+        let Ok(mut due) = self.store.due(now_ms(), batch, false).await else {
             return None;
         };
         let mut started = false;
         let mut waiting_for_probe = false;
         // The newest due get a share, so that a long backlog does not starve them.
         if due.len() == batch {
-            if let Ok(all) = self.store.due(now_ms(), batch * 16).await {
-                let newest: Vec<_> = all.iter().rev().take(batch / 4).copied().collect();
+            if let Ok(newest) = self.store.due(now_ms(), batch / 4, true).await {
+                let newest: Vec<_> = newest.into_iter().filter(|n| !due.contains(n)).collect();
                 due.truncate(batch - newest.len());
                 due.extend(newest);
             }

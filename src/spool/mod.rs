@@ -61,8 +61,14 @@ pub trait SpoolBackend: Send + Sync + 'static {
     /// Forgets keys whose `dedup_ttl` is over; returns how many.
     async fn sweep(&self) -> Result<usize, SpoolError>;
 
-    /// Up to `limit` queued messages due at `now_ms`, oldest due first: (due ms, seq).
-    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>, SpoolError>;
+    /// Up to `limit` queued messages due at `now_ms`, oldest due first (or, with
+    /// `newest_first`, the most recently due first): (due ms, seq).
+    async fn due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<(u64, u64)>, SpoolError>;
 
     /// The earliest time a queued message is due, if any.
     async fn next_due(&self) -> Result<Option<u64>, SpoolError>;

@@ -700,17 +700,24 @@ impl SpoolBackend for RedisSpool {
         Ok(0)
     }
 
-    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>, SpoolError> {
+    async fn due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<(u64, u64)>, SpoolError> {
         self.run(move |inner| async move {
             let mut conn = inner.conn.clone();
-            let mut cmd = redis::cmd("ZRANGEBYSCORE");
-            cmd.arg(inner.key("due"))
-                .arg("-inf")
-                .arg(now_ms)
-                .arg("WITHSCORES")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit);
+            let mut cmd = if newest_first {
+                let mut c = redis::cmd("ZREVRANGEBYSCORE");
+                c.arg(inner.key("due")).arg(now_ms).arg("-inf");
+                c
+            } else {
+                let mut c = redis::cmd("ZRANGEBYSCORE");
+                c.arg(inner.key("due")).arg("-inf").arg(now_ms);
+                c
+            };
+            cmd.arg("WITHSCORES").arg("LIMIT").arg(0).arg(limit);
             let found: Vec<(String, f64)> = inner.bounded(cmd.query_async(&mut conn)).await?;
             Ok(found
                 .into_iter()

@@ -191,19 +191,26 @@ impl SpoolStore {
     }
 
     /// Up to `limit` queued messages due at `now_ms`, oldest due first: (due ms, seq).
-    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>, SpoolError> {
+    pub fn due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<(u64, u64)>, SpoolError> {
         let txn = current(&self.db)?.begin_read().map_err(unavailable)?;
         let due = txn.open_table(DUE).map_err(unavailable)?;
-        let mut out = Vec::new();
-        for entry in due
+        let range = due
             .range((0, 0)..=(now_ms, u64::MAX))
-            .map_err(unavailable)?
-        {
+            .map_err(unavailable)?;
+        let entries: Box<dyn Iterator<Item = _>> = if newest_first {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        let mut out = Vec::new();
+        for entry in entries.take(limit) {
             let (k, _) = entry.map_err(unavailable)?;
             out.push(k.value());
-            if out.len() >= limit {
-                break;
-            }
         }
         Ok(out)
     }
@@ -324,8 +331,13 @@ impl SpoolBackend for SpoolStore {
         SpoolStore::sweep(self).await
     }
 
-    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, u64)>, SpoolError> {
-        SpoolStore::due(self, now_ms, limit)
+    async fn due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<(u64, u64)>, SpoolError> {
+        SpoolStore::due(self, now_ms, limit, newest_first)
     }
 
     async fn next_due(&self) -> Result<Option<u64>, SpoolError> {
