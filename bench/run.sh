@@ -4,7 +4,7 @@
 #
 #   bench/run.sh [--rounds N] [--duration S] [--warmup S] [--connections N]
 #                [--no-million | --only-million] [--million-threads N] [--million-keys N]
-#                [--quick] [--keep] [--no-build]
+#                [--quick] [--keep] [--no-build] [--targets "hookguard-t1 hookguard-t1-alt ..."]
 #                [--alt-binary PATH] [--alt-preload LIB] [--alt-label TEXT]
 #
 # Installs nginx-light, wrk, curl and cmake with apt-get when missing, builds the release binary
@@ -38,6 +38,7 @@ BUILD=1
 ALT_BINARY=""
 ALT_PRELOAD=""
 ALT_LABEL=""
+ONLY_TARGETS=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -55,6 +56,7 @@ while [ $# -gt 0 ]; do
         --alt-binary) ALT_BINARY=$(realpath "$2"); shift ;;
         --alt-preload) ALT_PRELOAD=$(realpath "$2"); shift ;;
         --alt-label) ALT_LABEL=$2; shift ;;
+        --targets) ONLY_TARGETS=$2; shift ;; # a subset of the rows (nginx, the ratios' base, is kept)
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -553,6 +555,13 @@ TARGETS=(direct nginx nginx-2w pingora-t1 hookguard-t1 hookguard-t1-nolog hookgu
 [ "$HAVE_ALT" = 1 ] && TARGETS+=(hookguard-t1-alt)
 [ "$HAVE_STRIPE" = 1 ] && TARGETS+=(hookguard-t1-stripe)
 [ "$HAVE_STANDARD" = 1 ] && TARGETS+=(hookguard-t1-standard)
+if [ -n "$ONLY_TARGETS" ]; then
+    kept=()
+    for t in "${TARGETS[@]}"; do
+        [[ $t == nginx || " $ONLY_TARGETS " == *" $t "* ]] && kept+=("$t")
+    done
+    TARGETS=("${kept[@]}")
+fi
 
 for ((round = 1; round <= ROUNDS; round++)); do
     log "round $round/$ROUNDS (loadavg $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -20,6 +20,7 @@ mod gateway;
 mod headers;
 pub mod respond;
 pub mod spool;
+mod timer;
 mod upstream;
 
 use std::convert::Infallible;
@@ -32,7 +33,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -77,7 +78,7 @@ async fn serve(gw: Arc<Gateway>, stream: Stream, mut shutdown: ShutdownWatch) {
     let snap = gw.config();
     let t = &snap.config.timeouts;
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    http.timer(timer::FastTimer)
         // The whole header, idle keep-alive time included, within this (slow-loris).
         .header_read_timeout(t.keepalive + t.client_read)
         // hyper's own bound on a header; hookguard's `max_header_bytes` answers 431 with a
