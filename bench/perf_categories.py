@@ -7,7 +7,7 @@ was doing at the leaf (kernel, allocator, memcpy, other code).
     perf_categories.py perf.script [--threads] [--top N]
 
 Categories are matched innermost-first: a malloc inside the JSON serializer inside the
-normalizer counts as `normalize`; a TCP send inside Pingora's client write counts as
+normalizer counts as `normalize`; a TCP send inside hyper's client connection counts as
 `upstream I/O`. Frames of the runtime (tokio, Pingora's stream wrappers) only decide when
 nothing more specific is on the stack.
 """
@@ -23,8 +23,10 @@ SPECIFIC = [
     ("normalize to JSON", r"hookguard::normalize::|serde_json::ser|indexmap::"),
     ("verify (body parse + HMAC)", r"Provider>::verify|providers::mailgun::|hookguard::body::|form_urlencoded::|percent_encoding::|hmac::|sha2::|serde_json::de"),
     ("upstream header build/clone", r"hookguard::proxy::headers::|hookguard::proxy::upstream::downstream_response|<pingora_http::(RequestHeader|ResponseHeader) as core::clone::Clone>"),
-    ("upstream I/O (Pingora client)", r"hookguard::proxy::upstream::|pingora_core::protocols::http::v1::client::|pingora_core::connectors::|pingora_pool::"),
-    ("client I/O (Pingora server session)", r"pingora_core::protocols::http::v1::server::|pingora_core::protocols::http::server::|hookguard::proxy::relay_response|hookguard::proxy::read_body|hookguard::proxy::respond|pingora_core::apps::|HttpServerApp"),
+    # hyper's dispatcher is one generic type for both ends: its `Client`/`Server` role parameter
+    # and the connection futures (`client::conn`, `server::conn`) tell them apart.
+    ("upstream I/O (hyper client)", r"hookguard::proxy::upstream::|hyper::client::|hyper::proto::h1::role::Client|dispatch::Client|pingora_core::protocols::http::v1::client::|pingora_core::connectors::|pingora_pool::"),
+    ("client I/O (hyper server)", r"hyper::server::|hyper::proto::h1::role::Server|dispatch::Server|hookguard::proxy::serve|hookguard::proxy::body_read::|hookguard::proxy::respond::|pingora_core::protocols::http::v1::server::|pingora_core::apps::|HttpServerApp"),
     ("hookguard handler (other)", r"hookguard::"),
 ]
 GENERIC = [
