@@ -9,6 +9,9 @@
 //! unchecked; `spool.backend: redis` without the replay guard's Redis is refused at load.
 //! The long proof (ignored; `scripts/spool_redis_proof.sh`): thousands of messages, two
 //! replicas killed with SIGKILL again and again, a client retrying what was not answered 2xx.
+//!
+//! Longer than 500 lines: one self-contained test per promise of the shared spool, each with
+//! its own Redis, replicas and upstream, and the long proof's client and accounting.
 
 mod common;
 

@@ -36,6 +36,10 @@
 //! The connection and its tasks run on a small runtime of their own, as the replay store's
 //! do; every call is bounded by `replay.redis_timeout`. Messages and errors never carry the
 //! Redis URL (it may hold a password).
+//!
+//! Longer than 500 lines: the six Lua scripts that make each operation one atomic step (about
+//! 160 lines), the start-time durability checks, and the backend's operations, which read
+//! best in one file next to the scripts they call.
 
 use std::collections::HashMap;
 use std::sync::Arc;
