@@ -47,52 +47,18 @@ mkdir -p "$OUTDIR"
 cp "$BINARY" "$OUTDIR/hookguard"
 BINARY="$OUTDIR/hookguard"
 
-WORK=$(mktemp -d /tmp/hookguard-profile.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"
+bench_workdir profile
 
 UP=$(port)
-mkdir -p "$WORK/tmp"
-cat >"$WORK/up.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $WORK/up.pid;
-error_log $WORK/up-error.log warn;
-events { worker_connections 4096; }
-http {
-    client_body_temp_path $WORK/tmp/b; proxy_temp_path $WORK/tmp/p; fastcgi_temp_path $WORK/tmp/f;
-    uwsgi_temp_path $WORK/tmp/u; scgi_temp_path $WORK/tmp/s;
-    access_log off;
-    keepalive_requests 100000000;
-    server { listen 127.0.0.1:$UP; location / { return 200; } }
-}
-EOF
+upstream_nginx_conf "$UP" >"$WORK/up.conf"
 nginx -p "$WORK" -c "$WORK/up.conf" -e "$WORK/up-error.log" >/dev/null 2>&1 &
 PIDS+=($!)
 
 HG=$(port)
 ADMIN=$(port)
-SECRET=bench-mailgun-signing-key
-cat >"$WORK/hg.yaml" <<EOF
-listen: "127.0.0.1:$HG"
-admin_listen: "127.0.0.1:$ADMIN"
-upstream: "http://127.0.0.1:$UP"
-threads: 1
-replay:
-  max_entries: $(((SECONDS_ + 5) * 80000)) # every request below (a full store refuses: 503)
-routes:
-  - name: mailgun
-    path: /webhooks/mailgun
-    provider: mailgun
-    secrets: ["$SECRET"]
-    tolerance: 6h
-EOF
+hookguard_config "$HG" "$ADMIN" "$UP" $(((SECONDS_ + 5) * 80000)) >"$WORK/hg.yaml"
 if [ "$SPOOL" = 1 ]; then
     rm -rf "$ROOT/target/bench-spool" && mkdir -p "$ROOT/target/bench-spool"
     printf '    spool: true\nspool:\n  path: "%s"\n  max_bytes: 8589934592\n' \
@@ -103,10 +69,10 @@ args=(--config "$WORK/hg.yaml")
 "$BINARY" "${args[@]}" >"$WORK/hg.log" 2>&1 &
 HG_PID=$!
 PIDS+=("$HG_PID")
-for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$ADMIN/readyz" && break; sleep 0.1; done
+wait_up "http://127.0.0.1:$ADMIN/readyz"
 
 N=$(((SECONDS_ + 5) * 80000)) # enough at 80 k rps (bench/run.sh's RATE_CAP)
-python3 "$BENCH/gen.py" mailgun-form "$N" "$WORK/req.txt" --secret "$SECRET"
+python3 "$BENCH/gen.py" mailgun-form "$N" "$WORK/req.txt" --secret "$BENCH_SECRET"
 WRK_THREADS=1 wrk -t1 -c32 -d"$((SECONDS_ + 4))s" -s "$BENCH/requests.lua" \
     "http://127.0.0.1:$HG/webhooks/mailgun" -- "$WORK/req.txt" once >"$OUTDIR/wrk.txt" 2>&1 &
 WRK_PID=$!

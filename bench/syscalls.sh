@@ -38,25 +38,9 @@ if [ -z "$BINARY" ]; then
 fi
 mkdir -p "$OUTDIR"
 
-WORK=$(mktemp -d /tmp/hookguard-syscalls.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
-nginx_head() { # NAME
-    printf 'daemon off;\npid %s/%s.pid;\nerror_log %s/%s-error.log warn;\nevents { worker_connections 4096; }\n' \
-        "$WORK" "$1" "$WORK" "$1"
-}
-temp_paths() { # NAME
-    mkdir -p "$WORK/tmp-$1"
-    printf '    client_body_temp_path %s/b; proxy_temp_path %s/p; fastcgi_temp_path %s/f; uwsgi_temp_path %s/u; scgi_temp_path %s/s;\n' \
-        "$WORK/tmp-$1" "$WORK/tmp-$1" "$WORK/tmp-$1" "$WORK/tmp-$1" "$WORK/tmp-$1"
-}
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"
+bench_workdir syscalls
 worker_of() { # master pid -> its one worker's pid
     for _ in $(seq 50); do
         local w
@@ -71,18 +55,7 @@ worker_of() { # master pid -> its one worker's pid
 # The upstream, with stub_status on a second port so that the count is not part of the load.
 UP=$(port)
 STATUS=$(port)
-cat >"$WORK/up.conf" <<EOF
-$(nginx_head up)
-worker_processes 1;
-http {
-$(temp_paths up)
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 120s;
-    server { listen 127.0.0.1:$UP backlog=4096; location / { return 200; } }
-    server { listen 127.0.0.1:$STATUS; location / { stub_status; } }
-}
-EOF
+upstream_nginx_conf "$UP" "$STATUS" >"$WORK/up.conf"
 nginx -p "$WORK" -c "$WORK/up.conf" -e "$WORK/up-error.log" >/dev/null 2>&1 &
 UP_MASTER=$!
 PIDS+=("$UP_MASTER")
@@ -96,7 +69,7 @@ cat >"$WORK/proxy.conf" <<EOF
 $(nginx_head proxy)
 worker_processes 1;
 http {
-$(temp_paths proxy)
+$(nginx_temp_paths proxy)
     access_log $WORK/proxy-access.log combined buffer=64k flush=1s;
     keepalive_requests 100000000;
     keepalive_timeout 120s;
@@ -116,28 +89,14 @@ NGX_WORKER=$(worker_of "$NGX_MASTER")
 
 HG=$(port)
 ADMIN=$(port)
-SECRET=bench-mailgun-signing-key
-cat >"$WORK/hg.yaml" <<EOF
-listen: "127.0.0.1:$HG"
-admin_listen: "127.0.0.1:$ADMIN"
-upstream: "http://127.0.0.1:$UP"
-threads: 1
-replay:
-  max_entries: 2000000
-routes:
-  - name: mailgun
-    path: /webhooks/mailgun
-    provider: mailgun
-    secrets: ["$SECRET"]
-    tolerance: 6h
-EOF
+hookguard_config "$HG" "$ADMIN" "$UP" 2000000 >"$WORK/hg.yaml"
 "$BINARY" --config "$WORK/hg.yaml" >"$WORK/hg.log" 2>&1 &
 HG_PID=$!
 PIDS+=("$HG_PID")
 wait_up "http://127.0.0.1:$ADMIN/readyz"
 
 N=$(((SECONDS_ + 2) * 80000))
-python3 "$BENCH/gen.py" mailgun-form "$N" "$WORK/req.txt" --secret "$SECRET"
+python3 "$BENCH/gen.py" mailgun-form "$N" "$WORK/req.txt" --secret "$BENCH_SECRET"
 
 # measure NAME PROXY_PID URL MODE: strace attached to both sides for a whole wrk run of
 # SECONDS_ s, so that every request the upstream counts in between was traced on both sides.
