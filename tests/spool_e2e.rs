@@ -39,22 +39,6 @@ fn send(port: u16, token: &str) -> HttpResponse {
     post(port, "/mg", &[JSON], &mg_json(token))
 }
 
-/// Waits until `ok` holds (polling), or panics with `what` after `within`.
-fn eventually(within: Duration, what: &str, ok: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn assert_queued(resp: &HttpResponse) -> String {
-    assert_eq!(resp.status, 202, "queued: {}", resp.text());
-    let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("JSON");
-    assert_eq!(v["status"], "queued");
-    v["id"].as_str().expect("an id").to_owned()
-}
-
 fn messages(proxy: &Proxy) -> Vec<serde_json::Value> {
     let r = get(proxy.admin_port, "/spool/messages").expect("admin");
     assert_eq!(r.status, 200, "{}", r.text());

@@ -883,3 +883,20 @@ pub fn mailgun_config(upstream: &Upstream, extra_top: &str, extra_route: &str) -
         upstream.url()
     )
 }
+
+/// Waits until `ok` holds (polling every 20 ms), or panics with `what` after `within`.
+pub fn eventually(within: Duration, what: &str, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A spooled message's answer: `202 {"status":"queued","id":…}`; returns the id.
+pub fn assert_queued(resp: &HttpResponse) -> String {
+    assert_eq!(resp.status, 202, "queued: {}", resp.text());
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("JSON");
+    assert_eq!(v["status"], "queued");
+    v["id"].as_str().expect("an id").to_owned()
+}
