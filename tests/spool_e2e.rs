@@ -118,6 +118,49 @@ fn a_copy_still_queued_is_a_duplicate_and_a_forgery_is_never_spooled() {
     );
 }
 
+/// One Mailgun signing key on two routes, one spooled (`/mg`) and one forwarding directly
+/// (`/direct`): they share replay (a message is named by provider, key and token, not by its
+/// route or by whether it is spooled). A token delivered on either may not come back on the
+/// other carrying another body: Mailgun's signature does not cover the body.
+#[test]
+fn a_mailgun_token_taken_on_one_path_is_refused_on_the_other_with_another_body() {
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        spooled(&upstream.url(), dir.path()).route(TestRoute::mailgun("direct", "/direct", MG_KEY));
+    let proxy = Proxy::start_config(&config);
+
+    // Spooled and delivered, then its token with another body on the direct route.
+    let (ts, tok) = (now(), token());
+    assert_queued(&post(
+        proxy.port,
+        "/mg",
+        &[JSON],
+        &mg_json_at(MG_KEY, ts, &tok, "delivered"),
+    ));
+    eventually(Duration::from_secs(5), "delivery", || upstream.count() == 1);
+    let forged = mg_json_at(MG_KEY, ts, &tok, "unsubscribed");
+    let resp = post(proxy.port, "/direct", &[JSON], &forged);
+    assert_duplicate(&resp);
+
+    // Forwarded directly, then its token with another body on the spooled route.
+    let (ts, tok) = (now(), token());
+    let resp = post(
+        proxy.port,
+        "/direct",
+        &[JSON],
+        &mg_json_at(MG_KEY, ts, &tok, "delivered"),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(upstream.count(), 2);
+    let forged = mg_json_at(MG_KEY, ts, &tok, "complained");
+    assert_duplicate(&post(proxy.port, "/mg", &[JSON], &forged));
+
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(upstream.count(), 2, "no forged body reached the app");
+    assert!(messages(&proxy).is_empty(), "nothing forged was spooled");
+}
+
 fn stripe_header(secret: &str, ts: u64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{ts}.").as_bytes());

@@ -44,6 +44,7 @@ use crate::normalize;
 use crate::outcome::{Outcome, Rejection};
 use crate::providers::{Inbound, Verified};
 use crate::replay::{Binding, Refused};
+use crate::spool::{Enqueued, SpoolError};
 use admission::{Admitted, Head, Post};
 use body_read::{read_body, BodyRead};
 use gateway::InFlight;
@@ -222,10 +223,6 @@ async fn handle(
         );
     }
 
-    if route.spool {
-        return enqueue(gw, &route, parts, peer, &body, verified, report).await;
-    }
-
     // Where the signature does not cover the body (Mailgun), the keys are bound to the body:
     // a key released after a failed delivery may come back with that body and no other. The
     // digest is of the body's normalized form, so a sender re-encoding the same fields (a
@@ -248,7 +245,16 @@ async fn handle(
         .await;
     let reservation = match reserved {
         Ok(r) => r,
-        Err(Refused::Delivered) if config.replay.duplicate_status == DuplicateStatus::Ok => {
+        // A spooled route answers its copies 200 whatever `duplicate_status` says (the
+        // spool's contract).
+        Err(Refused::Delivered)
+            if route.spool || config.replay.duplicate_status == DuplicateStatus::Ok =>
+        {
+            if route.spool {
+                // Offered to the spool and found taken: counted as the spool's own copies are.
+                let counted = &gw.metrics.spool.enqueued;
+                counted.with_label_values(&["duplicate"]).inc();
+            }
             let body = Bytes::from_static(respond::DUPLICATE);
             let json = "application/json";
             return own(report, Outcome::Duplicate, 200, json, body, Keep::Alive);
@@ -269,13 +275,38 @@ async fn handle(
         }
     };
 
-    let req = match upstream_request(&route, parts, peer, &body, outgoing, &verified) {
-        Ok((req, _)) => req,
+    let (req, out_body) = match upstream_request(&route, parts, peer, &body, outgoing, &verified) {
+        Ok(x) => x,
         Err(r) => {
             reservation.release().await;
             return reject(report, r, Keep::Alive);
         }
     };
+    // A spooled route shares the replay guard with every other route: a message taken on one
+    // path (spooled or forwarded) is a copy on the other, whatever body it now carries.
+    if route.spool {
+        let verified = verified.event(route.provider.event_id(&body).as_deref());
+        // On a task of its own, as the exchange below: a client that goes away cannot leave
+        // a written message's keys released.
+        let written = tokio::spawn({
+            let gw = Arc::clone(gw);
+            let route = Arc::clone(&route);
+            let keys = verified.dedup_keys().iter().map(|k| k.0).collect();
+            let id = verified.id.clone();
+            async move {
+                let written = spool_write(&gw, &route, keys, &id, req, out_body).await;
+                match &written {
+                    Ok(_) => reservation.commit().await,
+                    Err(_) => reservation.release().await,
+                }
+                drop(in_flight);
+                written
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(SpoolError::Unavailable("the spool write stopped".into())));
+        return spooled(gw, &route, &verified.id, written, report);
+    }
     // From here the exchange runs to its end on a task of its own, even if the client goes
     // away meanwhile (hyper drops a request's future when its connection closes): the keys
     // must be settled by what the upstream did, or a message it accepted would be released
@@ -371,68 +402,53 @@ fn upstream_request(
     .map_err(|_| Rejection::MalformedBody)
 }
 
-/// A verified message on a spooled route: written to the spool (synced) and answered `202`;
-/// the spool delivers it. Deduplicated on the provider's event where it names one across its
-/// retries, else on the message's keys.
-async fn enqueue(
-    gw: &Arc<Gateway>,
+/// Writes a verified message on a spooled route to the spool (returns once synced). Its
+/// copies are recognised by `keys`: the provider's event where it names one across its
+/// retries, else the message's keys.
+async fn spool_write(
+    gw: &Gateway,
     route: &Route,
-    parts: &http::request::Parts,
-    peer: Option<IpAddr>,
-    body: &Body,
-    verified: Verified,
+    keys: Vec<u128>,
+    id: &str,
+    req: Request<http_body_util::Full<Bytes>>,
+    body: Bytes,
+) -> Result<Enqueued, SpoolError> {
+    let Some(spool) = &gw.spool else {
+        return Err(SpoolError::Unavailable("no spool runs".into()));
+    };
+    let origin = spool::Origin {
+        route: &route.name,
+        provider: route.provider_name,
+        id,
+        upstream: route.upstream.addr,
+    };
+    spool.enqueue(keys, origin, req, body).await
+}
+
+/// The answer to a spooled message: `202 queued` once written, `200 duplicate` for a copy,
+/// 503 when it could not be written (the provider retries).
+fn spooled(
+    gw: &Gateway,
+    route: &Route,
+    id: &str,
+    written: Result<Enqueued, SpoolError>,
     report: &mut Report<'_>,
 ) -> Answer {
-    let Some(spool) = &gw.spool else {
-        return reject(report, Rejection::SpoolUnavailable, Keep::Alive);
-    };
-    let (req, out_body) = match upstream_request(route, parts, peer, body, None, &verified) {
-        Ok(x) => x,
-        Err(r) => return reject(report, r, Keep::Alive),
-    };
-    let verified = verified.event(route.provider.event_id(body).as_deref());
-    let keys = verified.dedup_keys().iter().map(|k| k.0).collect();
     let counted = &gw.metrics.spool.enqueued;
-    let result = spool
-        .enqueue(
-            keys,
-            spool::Origin {
-                route: &route.name,
-                provider: route.provider_name,
-                id: &verified.id,
-                upstream: route.upstream.addr,
-            },
-            req,
-            out_body,
-        )
-        .await;
-    match result {
-        Ok(crate::spool::Enqueued::Queued(_)) => {
+    let json = "application/json";
+    match written {
+        Ok(Enqueued::Queued(_)) => {
             counted.with_label_values(&["queued"]).inc();
-            let id = serde_json::to_string(&verified.id).unwrap_or_else(|_| "\"\"".into());
+            let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
             let body = Bytes::from(format!("{{\"status\":\"queued\",\"id\":{id}}}"));
-            own(
-                report,
-                Outcome::Queued,
-                202,
-                "application/json",
-                body,
-                Keep::Alive,
-            )
+            own(report, Outcome::Queued, 202, json, body, Keep::Alive)
         }
-        Ok(crate::spool::Enqueued::Duplicate) => {
+        Ok(Enqueued::Duplicate) => {
             counted.with_label_values(&["duplicate"]).inc();
             let body = Bytes::from_static(respond::DUPLICATE);
-            own(
-                report,
-                Outcome::Duplicate,
-                200,
-                "application/json",
-                body,
-                Keep::Alive,
-            )
+            own(report, Outcome::Duplicate, 200, json, body, Keep::Alive)
         }
-        Err(crate::spool::SpoolError::Full(why)) => {
+        Err(SpoolError::Full(why)) => {
             counted.with_label_values(&["full"]).inc();
             tracing::warn!(
                 route = route.name.as_str(),
@@ -441,7 +457,7 @@ async fn enqueue(
             );
             reject(report, Rejection::SpoolFull, Keep::Alive)
         }
-        Err(crate::spool::SpoolError::Unavailable(why)) => {
+        Err(SpoolError::Unavailable(why)) => {
             counted.with_label_values(&["unavailable"]).inc();
             tracing::warn!(
                 route = route.name.as_str(),
