@@ -71,6 +71,45 @@ struct Down {
     probing: bool,
 }
 
+/// What the scheduler may do with a message to an upstream.
+enum Try {
+    /// The upstream is up.
+    Now,
+    /// The upstream is down and its next probe is due: this message is the probe.
+    AsProbe,
+    /// The upstream is down; its probe is under way or not due yet.
+    Later,
+}
+
+/// A running attempt's hold on the scheduler: its message in flight, its worker, and (for a
+/// probe) its upstream's probe. Let go of whatever way the attempt ends, an early return or a
+/// panic included, so that neither the message nor the upstream stays blocked.
+struct Slot {
+    delivery: Arc<Delivery>,
+    seq: u64,
+    /// The upstream whose probe this attempt is.
+    probe: Option<String>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let d = &self.delivery;
+        d.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.seq);
+        if let Some(upstream) = &self.probe {
+            // A probe that ended without an answer recorded (its message was gone, or could
+            // not be started): the next one may go at its time.
+            d.release_probe(upstream);
+        }
+        // The worker is free before the scheduler is woken to use it.
+        drop(self.permit.take());
+        d.wake.notify_one();
+    }
+}
+
 /// The delivery engine of one spool.
 pub struct Delivery {
     store: Arc<dyn SpoolBackend>,
@@ -145,11 +184,20 @@ impl Delivery {
         };
         let mut started = false;
         let mut waiting_for_probe = false;
-        // The newest due get a share, so that a long backlog does not starve them.
+        // The newest due get a share, so that a long backlog does not starve them: one in
+        // four places, interleaved, since the loop below stops at the first busy worker.
         if due.len() == batch {
             if let Ok(newest) = self.store.due(now_ms(), batch / 4, true).await {
                 let newest: Vec<_> = newest.into_iter().filter(|n| !due.contains(n)).collect();
                 due.truncate(batch - newest.len());
+                let oldest = std::mem::take(&mut due);
+                let mut newest = newest.into_iter();
+                for (i, entry) in oldest.into_iter().enumerate() {
+                    due.push(entry);
+                    if i % 3 == 2 {
+                        due.extend(newest.next());
+                    }
+                }
                 due.extend(newest);
             }
         }
@@ -168,24 +216,28 @@ impl Delivery {
             let Ok(Some(upstream)) = self.store.upstream_of(seq).await else {
                 continue;
             };
-            if !self.may_try(&upstream) {
-                waiting_for_probe = true;
-                continue;
-            }
+            let probe = match self.may_try(&upstream) {
+                Try::Now => false,
+                Try::AsProbe => true,
+                Try::Later => {
+                    waiting_for_probe = true;
+                    continue;
+                }
+            };
             started = true;
             self.in_flight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(seq);
-            let me = Arc::clone(self);
+            let slot = Slot {
+                delivery: Arc::clone(self),
+                seq,
+                probe: probe.then_some(upstream),
+                permit: Some(permit),
+            };
             tokio::spawn(async move {
-                me.attempt(seq).await;
-                me.in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&seq);
-                drop(permit);
-                me.wake.notify_one();
+                slot.delivery.attempt(seq, slot.probe.is_some()).await;
+                drop(slot);
             });
         }
         if started || !waiting_for_probe {
@@ -201,20 +253,22 @@ impl Delivery {
 
     /// Whether a message to `upstream` may be tried now: always while it is up; while it is
     /// down, one probe per backoff step.
-    fn may_try(&self, upstream: &str) -> bool {
+    fn may_try(&self, upstream: &str) -> Try {
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
         match down.get_mut(upstream) {
-            None => true,
-            Some(d) if d.probing || Instant::now() < d.next_probe => false,
+            None => Try::Now,
+            Some(d) if d.probing || Instant::now() < d.next_probe => Try::Later,
             Some(d) => {
                 d.probing = true;
-                true
+                Try::AsProbe
             }
         }
     }
 
-    /// The upstream answered (or did not): its state follows.
-    async fn upstream_seen(&self, upstream: &str, reachable: bool) {
+    /// The upstream answered (or did not): its state follows. Only the first failure and
+    /// a failed probe move the backoff: attempts that were already under way when the
+    /// upstream went down fail too, and are not steps.
+    async fn upstream_seen(&self, upstream: &str, reachable: bool, probe: bool) {
         if reachable {
             let was_down = self
                 .down
@@ -249,11 +303,12 @@ impl Delivery {
         }
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
         match down.get_mut(upstream) {
-            Some(d) => {
+            Some(d) if probe => {
                 d.step += 1;
                 d.next_probe = Instant::now() + self.backoff(d.step);
                 d.probing = false;
             }
+            Some(_) => {}
             None => {
                 tracing::warn!(
                     upstream,
@@ -272,8 +327,9 @@ impl Delivery {
         }
     }
 
-    /// One attempt of message `seq`, recorded before it is made and after it ends.
-    async fn attempt(&self, seq: u64) {
+    /// One attempt of message `seq` (the probe of its down upstream when `probe`), recorded
+    /// before it is made and after it ends.
+    async fn attempt(&self, seq: u64, probe: bool) {
         let (record, body, interrupted) = match self.store.start(seq).await {
             Ok(Some(x)) => x,
             Ok(None) => return,
@@ -292,7 +348,6 @@ impl Delivery {
         if age > self.settings.max_age {
             self.finish_dead(&record, "expired", format!("older than max_age ({age:?})"))
                 .await;
-            self.release_probe(&upstream);
             return;
         }
         let outcome = self
@@ -330,7 +385,11 @@ impl Delivery {
             Finish::Dead { reason, .. } => ("dead", Some(reason.clone())),
         };
         if let Err(e) = self.store.finish(seq, record.attempts, finish).await {
+            // Counted when the retry's result is recorded, not twice.
             tracing::warn!(error = %e, seq, "spool: could not record an attempt's result; the message will be tried again");
+            self.upstream_seen(&upstream, matches!(status, Some(s) if s < 500), probe)
+                .await;
+            return;
         }
         self.observer.attempt(result);
         if let Some(reason) = dead {
@@ -349,7 +408,7 @@ impl Delivery {
         }
         // The upstream is down when it does not answer, or answers 5xx.
         let reachable = matches!(status, Some(s) if s < 500);
-        self.upstream_seen(&upstream, reachable).await;
+        self.upstream_seen(&upstream, reachable, probe).await;
     }
 
     fn release_probe(&self, upstream: &str) {
@@ -396,7 +455,7 @@ impl Delivery {
     }
 }
 
-/// A fraction in [0, 1) for jitter (not secret).
+/// A fraction in [0, 1] for jitter (not secret).
 fn fraction() -> f64 {
     let token = crate::random::hex_token(8);
     u32::from_str_radix(&token, 16).map_or(0.5, |n| f64::from(n) / f64::from(u32::MAX))

@@ -190,7 +190,8 @@ impl SpoolStore {
         self.ask(Op::Sweep).await
     }
 
-    /// Up to `limit` queued messages due at `now_ms`, oldest due first: (due ms, seq).
+    /// Up to `limit` queued messages due at `now_ms`, oldest due first (or, with
+    /// `newest_first`, the most recently due first): (due ms, seq).
     pub fn due(
         &self,
         now_ms: u64,
@@ -513,7 +514,7 @@ impl Writer {
                     };
                     Pending::Enqueued(r, result)
                 }
-                Op::Start(seq, r) => Pending::Started(r, start(&txn, seq)),
+                Op::Start(seq, r) => Pending::Started(r, start(&txn, seq, now)),
                 Op::Finish(seq, f, r) => Pending::Done(r, finish(&txn, seq, f)),
                 Op::Wake(upstream, r) => Pending::Count(r, wake(&txn, &upstream, now)),
                 Op::Retry(filter, r) => Pending::Count(r, retry(&txn, &filter, now)),
@@ -695,11 +696,13 @@ fn add(txn: &WriteTransaction, key: &str, delta: i64) -> Result<(), SpoolError> 
     Ok(())
 }
 
-fn start(txn: &WriteTransaction, seq: u64) -> Result<Option<Started>, SpoolError> {
+fn start(txn: &WriteTransaction, seq: u64, now: u64) -> Result<Option<Started>, SpoolError> {
     let Some(mut record) = read(txn, seq)? else {
         return Ok(None);
     };
-    if record.state != State::Queued {
+    // Not due (any more): the scheduler's list of due messages was read before another
+    // attempt of this one recorded its retry; starting it now would skip its backoff.
+    if record.state != State::Queued || record.next_ms > now {
         return Ok(None);
     }
     // An attempt started and never finished: it may have reached the application.
