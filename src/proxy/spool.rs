@@ -127,38 +127,16 @@ fn request(attempt: &Attempt<'_>) -> Result<Request<Full<Bytes>>, String> {
 
 /// `Retry-After`: seconds, or an HTTP date.
 fn retry_after(response: &Response<Incoming>) -> Option<Duration> {
-    let value = response
-        .headers()
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
+    retry_after_value(response.headers())
+}
+
+fn retry_after_value(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
     if let Ok(secs) = value.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = httpdate_parse(value.trim())?;
+    let at = httpdate::parse_http_date(value.trim()).ok()?;
     at.duration_since(std::time::SystemTime::now()).ok()
-}
-
-/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), through humantime's RFC 3339 parser.
-fn httpdate_parse(s: &str) -> Option<std::time::SystemTime> {
-    let mut parts = s.split_whitespace().skip(1);
-    let (day, month, year, time) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let month = match month {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    humantime::parse_rfc3339(&format!("{year}-{month:02}-{day:0>2}T{time}Z")).ok()
 }
 
 #[async_trait]
@@ -221,12 +199,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn http_dates() {
-        let t = httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(
-            humantime::format_rfc3339_seconds(t).to_string(),
-            "1994-11-06T08:49:37Z"
+    fn retry_after_reads_seconds_and_http_dates() {
+        let answer = |value: &str| {
+            Response::builder()
+                .header(http::header::RETRY_AFTER, value)
+                .body(())
+                .unwrap()
+        };
+        let seconds = |r: &Response<()>| retry_after_value(r.headers()).map(|d| d.as_secs());
+        assert_eq!(seconds(&answer("120")), Some(120));
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let date = answer(&httpdate::fmt_http_date(later));
+        assert!(
+            matches!(seconds(&date), Some(3590..=3600)),
+            "{:?}",
+            seconds(&date)
         );
-        assert!(httpdate_parse("yesterday").is_none());
+        assert_eq!(seconds(&answer("yesterday")), None);
     }
 }
