@@ -142,11 +142,7 @@ fn local(config: &Config, settings: &SpoolSettings, c: &SpoolCommand) -> Result<
                     settings.path.display()
                 ));
             }
-            let limits = Limits {
-                max_bytes: settings.max_bytes,
-                min_free_bytes: settings.min_free_bytes,
-                dedup_ttl: settings.dedup_ttl,
-            };
+            let limits = Limits::of(settings);
             Box::new(SpoolStore::open(&settings.path, limits, Box::new(|_| {}))?)
         }
     };

@@ -179,11 +179,7 @@ fn start_spool(
         crate::config::SpoolStoreKind::Embedded => Arc::new(
             crate::spool::SpoolStore::open(
                 &settings.path,
-                crate::spool::store::Limits {
-                    max_bytes: settings.max_bytes,
-                    min_free_bytes: settings.min_free_bytes,
-                    dedup_ttl: settings.dedup_ttl,
-                },
+                crate::spool::store::Limits::of(settings),
                 Box::new(on_commit),
             )
             .map_err(StartError::Spool)?,

@@ -19,6 +19,7 @@
 
 pub mod delivery;
 pub mod redis;
+mod schedule;
 pub mod store;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -4,10 +4,13 @@
 //! shared by every request that arrived meanwhile (group commit), and none waits longer than
 //! one commit beyond the one in progress.
 //!
-//! Tables: `messages` (seq → record, JSON), `bodies` (seq → body bytes), `due` ((next attempt
-//! ms, seq) for queued messages, oldest first), `dedup` (key → (seq, until ms)) with its
-//! expiry index `dedup_expiry`, and `meta` (counters). A delivered message's record and body
-//! are deleted; its keys stay until `dedup_ttl` ends, so a copy is still recognised.
+//! Tables: `messages` (seq → record, JSON), `bodies` (seq → body bytes), `dedup` (key → (seq,
+//! until ms)) with its expiry index `dedup_expiry`, and `meta` (counters). A delivered
+//! message's record and body are deleted; its keys stay until `dedup_ttl` ends, so a copy is
+//! still recognised. Two things are also kept in memory, written by the writer only after the
+//! commit that made them durable: the counters (written to `meta` once per commit, not once
+//! per message) and the [`Schedule`] (which queued message is due when; rebuilt from the
+//! records when the file opens).
 //!
 //! Longer than 500 lines: the reading side, the writer thread and each op's transaction
 //! body are one unit around the same tables and counters; read top to bottom: the store's
@@ -15,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -25,6 +28,7 @@ use tokio::sync::oneshot;
 
 use async_trait::async_trait;
 
+use super::schedule::{Change, Schedule};
 use super::{
     now_ms, Enqueued, Filter, Finish, Incoming, Record, SpoolBackend, SpoolError, Started, State,
     StoreStats,
@@ -32,7 +36,9 @@ use super::{
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
-const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
+/// Files written before the schedule moved to memory have this table; it is deleted when
+/// such a file opens.
+const OLD_DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
 const DEDUP: TableDefinition<u128, (u64, u64)> = TableDefinition::new("dedup");
 const DEDUP_EXPIRY: TableDefinition<(u64, u128), ()> = TableDefinition::new("dedup_expiry");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -58,6 +64,16 @@ pub struct Limits {
     pub dedup_ttl: Duration,
 }
 
+impl Limits {
+    pub fn of(settings: &crate::config::SpoolSettings) -> Limits {
+        Limits {
+            max_bytes: settings.max_bytes,
+            min_free_bytes: settings.min_free_bytes,
+            dedup_ttl: settings.dedup_ttl,
+        }
+    }
+}
+
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
 
 enum Op {
@@ -78,6 +94,7 @@ enum Op {
 pub struct SpoolStore {
     db: Handle,
     ops: mpsc::Sender<Op>,
+    schedule: Arc<Mutex<Schedule>>,
 }
 
 /// The open database, shared by readers and the writer. Empty for the moment the writer
@@ -100,6 +117,83 @@ fn open_db(path: &Path) -> Result<Database, String> {
     })
 }
 
+/// The counters kept in `meta`. The writer holds the committed values in memory and writes
+/// the ones a batch changed once, before its commit: a counter's row was read and written by
+/// every op that moved it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counters {
+    next_seq: u64,
+    queued: u64,
+    queued_bytes: u64,
+    dead: u64,
+    dead_bytes: u64,
+    delivered_total: u64,
+    ambiguous_total: u64,
+}
+
+impl Counters {
+    fn rows(&self) -> [(&'static str, u64); 7] {
+        [
+            (NEXT_SEQ, self.next_seq),
+            (QUEUED, self.queued),
+            (QUEUED_BYTES, self.queued_bytes),
+            (DEAD, self.dead),
+            (DEAD_BYTES, self.dead_bytes),
+            (DELIVERED_TOTAL, self.delivered_total),
+            (AMBIGUOUS_TOTAL, self.ambiguous_total),
+        ]
+    }
+
+    fn read(meta: &impl ReadableTable<&'static str, u64>) -> Result<Counters, SpoolError> {
+        let get = |k: &str| -> Result<u64, SpoolError> {
+            Ok(meta.get(k).map_err(unavailable)?.map_or(0, |v| v.value()))
+        };
+        Ok(Counters {
+            next_seq: get(NEXT_SEQ)?,
+            queued: get(QUEUED)?,
+            queued_bytes: get(QUEUED_BYTES)?,
+            dead: get(DEAD)?,
+            dead_bytes: get(DEAD_BYTES)?,
+            delivered_total: get(DELIVERED_TOTAL)?,
+            ambiguous_total: get(AMBIGUOUS_TOTAL)?,
+        })
+    }
+
+    /// Writes the rows that differ from `before`.
+    fn write(&self, before: &Counters, txn: &WriteTransaction) -> Result<(), SpoolError> {
+        if self == before {
+            return Ok(());
+        }
+        let mut meta = txn.open_table(META).map_err(unavailable)?;
+        for ((key, now), (_, was)) in self.rows().into_iter().zip(before.rows()) {
+            if now != was {
+                meta.insert(key, now).map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The committed counters and the schedule, read from the file (every queued record).
+fn load(db: &Database) -> Result<(Counters, Schedule), SpoolError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let counters = Counters::read(&txn.open_table(META).map_err(unavailable)?)?;
+    let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+    let mut schedule = Schedule::default();
+    for entry in messages.iter().map_err(unavailable)? {
+        let (_, v) = entry.map_err(unavailable)?;
+        let record = decode(v.value())?;
+        if record.state == State::Queued {
+            schedule.apply(Change::Due {
+                seq: record.seq,
+                due: record.next_ms,
+                upstream: record.envelope.upstream,
+            });
+        }
+    }
+    Ok((counters, schedule))
+}
+
 impl SpoolStore {
     /// Opens (or creates) the spool at `path` and starts its writer thread. `on_commit` sees
     /// each commit's duration.
@@ -119,12 +213,17 @@ impl SpoolStore {
             for t in [MESSAGES, BODIES] {
                 txn.open_table(t).map_err(|e| e.to_string())?;
             }
-            txn.open_table(DUE).map_err(|e| e.to_string())?;
             txn.open_table(DEDUP).map_err(|e| e.to_string())?;
             txn.open_table(DEDUP_EXPIRY).map_err(|e| e.to_string())?;
             txn.open_table(META).map_err(|e| e.to_string())?;
+            txn.delete_table(OLD_DUE).map_err(|e| e.to_string())?;
             txn.commit().map_err(|e| e.to_string())?;
         }
+        let started = Instant::now();
+        let (counters, schedule) =
+            load(&db).map_err(|e| format!("cannot read the spool {}: {e}", path.display()))?;
+        tracing::debug!(elapsed = ?started.elapsed(), "spool: schedule read from the records");
+        let schedule = Arc::new(Mutex::new(schedule));
         let db: Handle = Arc::new(ArcSwapOption::from_pointee(db));
         let (ops, rx) = mpsc::channel();
         let writer = Writer {
@@ -137,12 +236,18 @@ impl SpoolStore {
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
             limits,
             on_commit,
+            counters: std::cell::Cell::new(counters),
+            schedule: Arc::clone(&schedule),
         };
         std::thread::Builder::new()
             .name("hookguard-spool".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| format!("cannot start the spool's writer: {e}"))?;
-        Ok(SpoolStore { db, ops })
+        Ok(SpoolStore { db, ops, schedule })
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn ask<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, SpoolError> {
@@ -192,36 +297,18 @@ impl SpoolStore {
 
     /// Up to `limit` queued messages due at `now_ms`, oldest due first (or, with
     /// `newest_first`, the most recently due first): (due ms, seq).
-    pub fn due(
-        &self,
-        now_ms: u64,
-        limit: usize,
-        newest_first: bool,
-    ) -> Result<Vec<(u64, u64)>, SpoolError> {
-        let txn = current(&self.db)?.begin_read().map_err(unavailable)?;
-        let due = txn.open_table(DUE).map_err(unavailable)?;
-        let range = due
-            .range((0, 0)..=(now_ms, u64::MAX))
-            .map_err(unavailable)?;
-        let entries: Box<dyn Iterator<Item = _>> = if newest_first {
-            Box::new(range.rev())
-        } else {
-            Box::new(range)
-        };
-        let mut out = Vec::new();
-        for entry in entries.take(limit) {
-            let (k, _) = entry.map_err(unavailable)?;
-            out.push(k.value());
-        }
-        Ok(out)
+    pub fn due(&self, now_ms: u64, limit: usize, newest_first: bool) -> Vec<(u64, u64)> {
+        self.schedule().due(now_ms, limit, newest_first)
     }
 
     /// The earliest time a queued message is due, if any.
-    pub fn next_due(&self) -> Result<Option<u64>, SpoolError> {
-        let txn = current(&self.db)?.begin_read().map_err(unavailable)?;
-        let due = txn.open_table(DUE).map_err(unavailable)?;
-        let first = due.first().map_err(unavailable)?;
-        Ok(first.map(|(k, _)| k.value().0))
+    pub fn next_due(&self) -> Option<u64> {
+        self.schedule().next_due()
+    }
+
+    /// The upstream a queued message goes to (`None`: not queued).
+    pub fn upstream_of(&self, seq: u64) -> Option<String> {
+        self.schedule().upstream_of(seq).map(|u| u.to_string())
     }
 
     /// One message, with its body.
@@ -338,15 +425,15 @@ impl SpoolBackend for SpoolStore {
         limit: usize,
         newest_first: bool,
     ) -> Result<Vec<(u64, u64)>, SpoolError> {
-        SpoolStore::due(self, now_ms, limit, newest_first)
+        Ok(SpoolStore::due(self, now_ms, limit, newest_first))
     }
 
     async fn next_due(&self) -> Result<Option<u64>, SpoolError> {
-        SpoolStore::next_due(self)
+        Ok(SpoolStore::next_due(self))
     }
 
     async fn upstream_of(&self, seq: u64) -> Result<Option<String>, SpoolError> {
-        Ok(SpoolStore::get(self, seq)?.map(|(r, _)| r.envelope.upstream))
+        Ok(SpoolStore::upstream_of(self, seq))
     }
 
     async fn get(&self, seq: u64) -> Result<Option<(Record, Bytes)>, SpoolError> {
@@ -385,6 +472,11 @@ struct Writer {
     dir: PathBuf,
     limits: Limits,
     on_commit: Box<dyn Fn(Duration) + Send>,
+    /// The counters as last committed.
+    counters: std::cell::Cell<Counters>,
+    /// Changed after each commit, before its ops are answered: an enqueued message is due
+    /// for the scheduler when its 202 goes out.
+    schedule: Arc<Mutex<Schedule>>,
 }
 
 /// An op's reply, sent once its transaction is committed (or has failed).
@@ -500,41 +592,55 @@ impl Writer {
             }
         };
         let room = incoming == 0 || self.has_room(&txn, incoming);
-        let mut pending = Vec::with_capacity(batch.len());
+        let before = self.counters.get();
         let now = now_ms();
-        for op in batch {
-            pending.push(match op {
-                Op::Enqueue(m, r) => {
-                    let result = if !room {
-                        Err(SpoolError::Full(
-                            "free disk space below spool.min_free_bytes",
-                        ))
-                    } else {
-                        self.enqueue(&txn, m, now)
-                    };
-                    Pending::Enqueued(r, result)
+        // The batch's tables are closed at the end of this statement: the transaction is
+        // then free to commit.
+        let ran = match Batch::open(&txn, before) {
+            Ok(mut b) => {
+                let pending: Vec<Pending> = batch
+                    .into_iter()
+                    .map(|op| b.run(op, room, now, &self.limits))
+                    .collect();
+                let (counters, changes) = b.close();
+                Ok((pending, counters, changes))
+            }
+            Err(e) => Err((e, batch)),
+        };
+        let (pending, counters, changes) = match ran {
+            Ok(ran) => ran,
+            Err((e, batch)) => {
+                for op in batch {
+                    reply_error(op, &e);
                 }
-                Op::Start(seq, r) => Pending::Started(r, start(&txn, seq, now)),
-                Op::Finish(seq, f, r) => Pending::Done(r, finish(&txn, seq, f)),
-                Op::Wake(upstream, r) => Pending::Count(r, wake(&txn, &upstream, now)),
-                Op::Retry(filter, r) => Pending::Count(r, retry(&txn, &filter, now)),
-                Op::Purge(filter, r) => Pending::Count(r, purge(&txn, &filter, now)),
-                Op::Sweep(r) => Pending::Count(r, sweep(&txn, now)),
-            });
-        }
+                drop(txn.abort());
+                self.reopen();
+                return;
+            }
+        };
         // An op that could not read or write (a full disk) may have left part of its change
         // in the transaction: nothing of the batch is committed.
-        let failed = pending.iter().find_map(Pending::storage_error);
+        let failed = pending
+            .iter()
+            .find_map(Pending::storage_error)
+            .map_or_else(|| counters.write(&before, &txn), Err);
         let committed = match failed {
-            Some(e) => {
+            Err(e) => {
                 drop(txn.abort());
                 Err(e)
             }
-            None => txn.commit().map_err(unavailable),
+            Ok(()) => txn.commit().map_err(unavailable),
         };
         match committed {
             Ok(()) => {
                 (self.on_commit)(started.elapsed());
+                self.counters.set(counters);
+                {
+                    let mut schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+                    for change in changes {
+                        schedule.apply(change);
+                    }
+                }
                 for p in pending {
                     p.send();
                 }
@@ -594,69 +700,6 @@ impl Writer {
             ),
         }
     }
-
-    fn enqueue(
-        &self,
-        txn: &WriteTransaction,
-        m: Incoming,
-        now: u64,
-    ) -> Result<Enqueued, SpoolError> {
-        let mut dedup = txn.open_table(DEDUP).map_err(unavailable)?;
-        for key in &m.keys {
-            if let Some(v) = dedup.get(key).map_err(unavailable)? {
-                let (_, until) = v.value();
-                if until > now {
-                    return Ok(Enqueued::Duplicate);
-                }
-            }
-        }
-        let mut meta = txn.open_table(META).map_err(unavailable)?;
-        let get = |meta: &redb::Table<&str, u64>, k: &str| -> Result<u64, SpoolError> {
-            Ok(meta.get(k).map_err(unavailable)?.map_or(0, |v| v.value()))
-        };
-        let bytes = m.bytes();
-        let held = get(&meta, QUEUED_BYTES)? + get(&meta, DEAD_BYTES)?;
-        if held.saturating_add(bytes) > self.limits.max_bytes {
-            return Err(SpoolError::Full("spool.max_bytes reached"));
-        }
-        let seq = get(&meta, NEXT_SEQ)?.max(1);
-        meta.insert(NEXT_SEQ, seq + 1).map_err(unavailable)?;
-        meta.insert(QUEUED, get(&meta, QUEUED)? + 1)
-            .map_err(unavailable)?;
-        meta.insert(QUEUED_BYTES, get(&meta, QUEUED_BYTES)? + bytes)
-            .map_err(unavailable)?;
-        let record = Record {
-            seq,
-            envelope: m.envelope,
-            state: State::Queued,
-            attempts: 0,
-            finished: 0,
-            client_errors: 0,
-            ambiguous: 0,
-            next_ms: now,
-            last: None,
-            bytes,
-        };
-        txn.open_table(MESSAGES)
-            .map_err(unavailable)?
-            .insert(seq, encode(&record).as_slice())
-            .map_err(unavailable)?;
-        txn.open_table(BODIES)
-            .map_err(unavailable)?
-            .insert(seq, &m.body[..])
-            .map_err(unavailable)?;
-        txn.open_table(DUE)
-            .map_err(unavailable)?
-            .insert((now, seq), ())
-            .map_err(unavailable)?;
-        let until = now.saturating_add(super::ms(self.limits.dedup_ttl));
-        let mut expiry = txn.open_table(DEDUP_EXPIRY).map_err(unavailable)?;
-        for key in m.keys {
-            dedup.insert(key, (seq, until)).map_err(unavailable)?;
-            expiry.insert((until, key), ()).map_err(unavailable)?;
-        }
-        Ok(Enqueued::Queued(seq))
-    }
 }
 
 fn reply_error(op: Op, e: &SpoolError) {
@@ -670,224 +713,302 @@ fn reply_error(op: Op, e: &SpoolError) {
     }
 }
 
-fn read(txn: &WriteTransaction, seq: u64) -> Result<Option<Record>, SpoolError> {
-    let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
-    let value = messages.get(seq).map_err(unavailable)?;
-    value.map(|v| decode(v.value())).transpose()
+/// One write transaction's tables, opened once for the whole batch (opening a table is a
+/// lookup in redb's table tree: 5% of the writer's time when each op opened its own), with
+/// the counters as the batch changes them and the schedule's changes waiting for the commit.
+struct Batch<'t> {
+    messages: redb::Table<'t, u64, &'static [u8]>,
+    bodies: redb::Table<'t, u64, &'static [u8]>,
+    dedup: redb::Table<'t, u128, (u64, u64)>,
+    expiry: redb::Table<'t, (u64, u128), ()>,
+    counters: Counters,
+    changes: Vec<Change>,
 }
 
-fn write(txn: &WriteTransaction, record: &Record) -> Result<(), SpoolError> {
-    txn.open_table(MESSAGES)
-        .map_err(unavailable)?
-        .insert(record.seq, encode(record).as_slice())
-        .map_err(unavailable)?;
-    Ok(())
-}
-
-fn add(txn: &WriteTransaction, key: &str, delta: i64) -> Result<(), SpoolError> {
-    let mut meta = txn.open_table(META).map_err(unavailable)?;
-    let current = meta.get(key).map_err(unavailable)?.map_or(0, |v| v.value());
-    let next = if delta >= 0 {
-        current.saturating_add(delta as u64)
-    } else {
-        current.saturating_sub(delta.unsigned_abs())
-    };
-    meta.insert(key, next).map_err(unavailable)?;
-    Ok(())
-}
-
-fn start(txn: &WriteTransaction, seq: u64, now: u64) -> Result<Option<Started>, SpoolError> {
-    let Some(mut record) = read(txn, seq)? else {
-        return Ok(None);
-    };
-    // Not due (any more): the scheduler's list of due messages was read before another
-    // attempt of this one recorded its retry; starting it now would skip its backoff.
-    if record.state != State::Queued || record.next_ms > now {
-        return Ok(None);
+impl<'t> Batch<'t> {
+    fn open(txn: &'t WriteTransaction, counters: Counters) -> Result<Batch<'t>, SpoolError> {
+        Ok(Batch {
+            messages: txn.open_table(MESSAGES).map_err(unavailable)?,
+            bodies: txn.open_table(BODIES).map_err(unavailable)?,
+            dedup: txn.open_table(DEDUP).map_err(unavailable)?,
+            expiry: txn.open_table(DEDUP_EXPIRY).map_err(unavailable)?,
+            counters,
+            changes: Vec::new(),
+        })
     }
-    // An attempt started and never finished: it may have reached the application.
-    let interrupted = record.attempts > record.finished;
-    if interrupted {
-        let unknown = record.attempts - record.finished;
-        record.ambiguous += unknown;
-        record.finished = record.attempts;
-        add(txn, AMBIGUOUS_TOTAL, i64::from(unknown))?;
-    }
-    record.attempts += 1;
-    write(txn, &record)?;
-    let bodies = txn.open_table(BODIES).map_err(unavailable)?;
-    let body = bodies
-        .get(seq)
-        .map_err(unavailable)?
-        .map(|b| Bytes::copy_from_slice(b.value()))
-        .unwrap_or_default();
-    Ok(Some((Box::new(record), body, interrupted)))
-}
 
-fn finish(txn: &WriteTransaction, seq: u64, f: Finish) -> Result<(), SpoolError> {
-    let Some(mut record) = read(txn, seq)? else {
-        return Ok(());
-    };
-    if record.state != State::Queued {
-        return Ok(());
+    /// The tables closed (redb commits only once they are), the counters and the changes.
+    fn close(self) -> (Counters, Vec<Change>) {
+        let Batch {
+            messages,
+            bodies,
+            dedup,
+            expiry,
+            counters,
+            changes,
+        } = self;
+        drop((messages, bodies, dedup, expiry));
+        (counters, changes)
     }
-    let mut due = txn.open_table(DUE).map_err(unavailable)?;
-    due.remove((record.next_ms, seq)).map_err(unavailable)?;
-    record.finished = record.attempts;
-    match f {
-        Finish::Delivered => {
-            txn.open_table(MESSAGES)
-                .map_err(unavailable)?
-                .remove(seq)
-                .map_err(unavailable)?;
-            txn.open_table(BODIES)
-                .map_err(unavailable)?
-                .remove(seq)
-                .map_err(unavailable)?;
-            add(txn, QUEUED, -1)?;
-            add(txn, QUEUED_BYTES, -(record.bytes as i64))?;
-            add(txn, DELIVERED_TOTAL, 1)?;
+
+    fn read(&self, seq: u64) -> Result<Option<Record>, SpoolError> {
+        let value = self.messages.get(seq).map_err(unavailable)?;
+        value.map(|v| decode(v.value())).transpose()
+    }
+
+    fn write(&mut self, record: &Record) -> Result<(), SpoolError> {
+        self.messages
+            .insert(record.seq, encode(record).as_slice())
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Applies one op; its answer waits for the commit.
+    fn run(&mut self, op: Op, room: bool, now: u64, limits: &Limits) -> Pending {
+        match op {
+            Op::Enqueue(m, r) => {
+                let result = if room {
+                    self.enqueue(m, now, limits)
+                } else {
+                    Err(SpoolError::Full(
+                        "free disk space below spool.min_free_bytes",
+                    ))
+                };
+                Pending::Enqueued(r, result)
+            }
+            Op::Start(seq, r) => Pending::Started(r, self.start(seq, now)),
+            Op::Finish(seq, f, r) => Pending::Done(r, self.finish(seq, f)),
+            Op::Wake(upstream, r) => Pending::Count(r, self.wake(&upstream, now)),
+            Op::Retry(filter, r) => Pending::Count(r, self.retry(&filter, now)),
+            Op::Purge(filter, r) => Pending::Count(r, self.purge(&filter, now)),
+            Op::Sweep(r) => Pending::Count(r, self.sweep(now)),
+        }
+    }
+
+    /// `record` is due at `due` (again, or for the first time).
+    fn schedule(&mut self, record: &Record, due: u64) {
+        self.changes.push(Change::Due {
+            seq: record.seq,
+            due,
+            upstream: record.envelope.upstream.clone(),
+        });
+    }
+
+    fn enqueue(&mut self, m: Incoming, now: u64, limits: &Limits) -> Result<Enqueued, SpoolError> {
+        for key in &m.keys {
+            if let Some(v) = self.dedup.get(key).map_err(unavailable)? {
+                let (_, until) = v.value();
+                if until > now {
+                    return Ok(Enqueued::Duplicate);
+                }
+            }
+        }
+        let bytes = m.bytes();
+        let c = &mut self.counters;
+        let held = c.queued_bytes.saturating_add(c.dead_bytes);
+        if held.saturating_add(bytes) > limits.max_bytes {
+            return Err(SpoolError::Full("spool.max_bytes reached"));
+        }
+        let seq = c.next_seq.max(1);
+        c.next_seq = seq + 1;
+        c.queued += 1;
+        c.queued_bytes = c.queued_bytes.saturating_add(bytes);
+        let record = Record {
+            seq,
+            envelope: m.envelope,
+            state: State::Queued,
+            attempts: 0,
+            finished: 0,
+            client_errors: 0,
+            ambiguous: 0,
+            next_ms: now,
+            last: None,
+            bytes,
+        };
+        self.write(&record)?;
+        self.bodies.insert(seq, &m.body[..]).map_err(unavailable)?;
+        let until = now.saturating_add(super::ms(limits.dedup_ttl));
+        for key in m.keys {
+            self.dedup.insert(key, (seq, until)).map_err(unavailable)?;
+            self.expiry.insert((until, key), ()).map_err(unavailable)?;
+        }
+        self.changes.push(Change::Due {
+            seq,
+            due: now,
+            upstream: record.envelope.upstream,
+        });
+        Ok(Enqueued::Queued(seq))
+    }
+
+    fn start(&mut self, seq: u64, now: u64) -> Result<Option<Started>, SpoolError> {
+        let Some(mut record) = self.read(seq)? else {
+            return Ok(None);
+        };
+        // Not due (any more): the scheduler's list of due messages was read before another
+        // attempt of this one recorded its retry; starting it now would skip its backoff.
+        if record.state != State::Queued || record.next_ms > now {
+            return Ok(None);
+        }
+        // An attempt started and never finished: it may have reached the application.
+        let interrupted = record.attempts > record.finished;
+        if interrupted {
+            let unknown = record.attempts - record.finished;
+            record.ambiguous += unknown;
+            record.finished = record.attempts;
+            self.counters.ambiguous_total += u64::from(unknown);
+        }
+        record.attempts += 1;
+        self.write(&record)?;
+        let body = self
+            .bodies
+            .get(seq)
+            .map_err(unavailable)?
+            .map(|b| Bytes::copy_from_slice(b.value()))
+            .unwrap_or_default();
+        Ok(Some((Box::new(record), body, interrupted)))
+    }
+
+    fn finish(&mut self, seq: u64, f: Finish) -> Result<(), SpoolError> {
+        let Some(mut record) = self.read(seq)? else {
+            return Ok(());
+        };
+        if record.state != State::Queued {
             return Ok(());
         }
-        Finish::Retry {
-            next_ms,
-            note,
-            client_error,
-            ambiguous,
-        } => {
-            record.client_errors += u32::from(client_error);
-            record.ambiguous += u32::from(ambiguous);
-            add(txn, AMBIGUOUS_TOTAL, i64::from(ambiguous))?;
-            record.next_ms = next_ms;
-            record.last = Some(note);
-            due.insert((next_ms, seq), ()).map_err(unavailable)?;
-        }
-        Finish::Dead { reason, note } => {
-            record.state = State::Dead { reason };
-            record.last = Some(note);
-            add(txn, QUEUED, -1)?;
-            add(txn, QUEUED_BYTES, -(record.bytes as i64))?;
-            add(txn, DEAD, 1)?;
-            add(txn, DEAD_BYTES, record.bytes as i64)?;
-        }
-    }
-    drop(due);
-    write(txn, &record)
-}
-
-/// Every record matching `filter` (a full scan: operator commands only).
-fn matching(txn: &WriteTransaction, filter: &Filter, now: u64) -> Result<Vec<Record>, SpoolError> {
-    let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
-    let mut out = Vec::new();
-    for entry in messages.iter().map_err(unavailable)? {
-        let (_, v) = entry.map_err(unavailable)?;
-        let record = decode(v.value())?;
-        if filter.matches(&record, now) {
-            out.push(record);
-        }
-    }
-    Ok(out)
-}
-
-fn wake(txn: &WriteTransaction, upstream: &str, now: u64) -> Result<usize, SpoolError> {
-    let filter = Filter {
-        state: Some("queued".into()),
-        ..Filter::default()
-    };
-    let mut n = 0;
-    for mut record in matching(txn, &filter, now)? {
-        if record.envelope.upstream != upstream || record.next_ms == now {
-            continue;
-        }
-        let mut due = txn.open_table(DUE).map_err(unavailable)?;
-        due.remove((record.next_ms, record.seq))
-            .map_err(unavailable)?;
-        // Arrival order among the woken: due at `now`, then by seq. Those already due are
-        // moved too: the messages the probes were tried on (due again a backoff later) would
-        // otherwise go after the ones never tried.
-        due.insert((now, record.seq), ()).map_err(unavailable)?;
-        drop(due);
-        record.next_ms = now;
-        write(txn, &record)?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-fn retry(txn: &WriteTransaction, filter: &Filter, now: u64) -> Result<usize, SpoolError> {
-    let mut n = 0;
-    for mut record in matching(txn, filter, now)? {
-        let mut due = txn.open_table(DUE).map_err(unavailable)?;
-        if let State::Dead { .. } = record.state {
-            add(txn, DEAD, -1)?;
-            add(txn, DEAD_BYTES, -(record.bytes as i64))?;
-            add(txn, QUEUED, 1)?;
-            add(txn, QUEUED_BYTES, record.bytes as i64)?;
-        } else {
-            due.remove((record.next_ms, record.seq))
-                .map_err(unavailable)?;
-        }
-        due.insert((now, record.seq), ()).map_err(unavailable)?;
-        drop(due);
-        record.state = State::Queued;
-        record.next_ms = now;
-        record.client_errors = 0;
-        // A retry by hand starts the message's age over too.
-        record.envelope.received_ms = now;
-        write(txn, &record)?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-fn purge(txn: &WriteTransaction, filter: &Filter, now: u64) -> Result<usize, SpoolError> {
-    let mut n = 0;
-    for record in matching(txn, filter, now)? {
-        txn.open_table(MESSAGES)
-            .map_err(unavailable)?
-            .remove(record.seq)
-            .map_err(unavailable)?;
-        txn.open_table(BODIES)
-            .map_err(unavailable)?
-            .remove(record.seq)
-            .map_err(unavailable)?;
-        match record.state {
-            State::Queued => {
-                txn.open_table(DUE)
-                    .map_err(unavailable)?
-                    .remove((record.next_ms, record.seq))
-                    .map_err(unavailable)?;
-                add(txn, QUEUED, -1)?;
-                add(txn, QUEUED_BYTES, -(record.bytes as i64))?;
+        record.finished = record.attempts;
+        let c = &mut self.counters;
+        match f {
+            Finish::Delivered => {
+                self.messages.remove(seq).map_err(unavailable)?;
+                self.bodies.remove(seq).map_err(unavailable)?;
+                c.queued = c.queued.saturating_sub(1);
+                c.queued_bytes = c.queued_bytes.saturating_sub(record.bytes);
+                c.delivered_total += 1;
+                self.changes.push(Change::Gone(seq));
+                return Ok(());
             }
-            State::Dead { .. } => {
-                add(txn, DEAD, -1)?;
-                add(txn, DEAD_BYTES, -(record.bytes as i64))?;
+            Finish::Retry {
+                next_ms,
+                note,
+                client_error,
+                ambiguous,
+            } => {
+                record.client_errors += u32::from(client_error);
+                record.ambiguous += u32::from(ambiguous);
+                c.ambiguous_total += u64::from(ambiguous);
+                record.next_ms = next_ms;
+                record.last = Some(note);
+                self.schedule(&record, next_ms);
+            }
+            Finish::Dead { reason, note } => {
+                record.state = State::Dead { reason };
+                record.last = Some(note);
+                c.queued = c.queued.saturating_sub(1);
+                c.queued_bytes = c.queued_bytes.saturating_sub(record.bytes);
+                c.dead += 1;
+                c.dead_bytes = c.dead_bytes.saturating_add(record.bytes);
+                self.changes.push(Change::Gone(seq));
             }
         }
-        n += 1;
+        self.write(&record)
     }
-    Ok(n)
-}
 
-fn sweep(txn: &WriteTransaction, now: u64) -> Result<usize, SpoolError> {
-    let mut expiry = txn.open_table(DEDUP_EXPIRY).map_err(unavailable)?;
-    let mut dedup = txn.open_table(DEDUP).map_err(unavailable)?;
-    let mut expired = Vec::new();
-    for entry in expiry.range((0, 0)..(now, 0)).map_err(unavailable)? {
-        let (k, _) = entry.map_err(unavailable)?;
-        expired.push(k.value());
-        if expired.len() >= 100_000 {
-            break; // the rest next time: a bounded transaction
+    /// Every record matching `filter` (a full scan: operator commands and an upstream's
+    /// recovery only).
+    fn matching(&self, filter: &Filter, now: u64) -> Result<Vec<Record>, SpoolError> {
+        let mut out = Vec::new();
+        for entry in self.messages.iter().map_err(unavailable)? {
+            let (_, v) = entry.map_err(unavailable)?;
+            let record = decode(v.value())?;
+            if filter.matches(&record, now) {
+                out.push(record);
+            }
         }
+        Ok(out)
     }
-    for (until, key) in &expired {
-        expiry.remove((*until, *key)).map_err(unavailable)?;
-        // Only if the key was not written again with a later expiry.
-        let current = dedup.get(key).map_err(unavailable)?.map(|v| v.value());
-        if current.is_some_and(|(_, u)| u == *until) {
-            dedup.remove(key).map_err(unavailable)?;
+
+    fn wake(&mut self, upstream: &str, now: u64) -> Result<usize, SpoolError> {
+        let filter = Filter {
+            state: Some("queued".into()),
+            ..Filter::default()
+        };
+        let mut n = 0;
+        for mut record in self.matching(&filter, now)? {
+            if record.envelope.upstream != upstream || record.next_ms == now {
+                continue;
+            }
+            // Arrival order among the woken: due at `now`, then by seq. Those already due are
+            // moved too: the messages the probes were tried on (due again a backoff later)
+            // would otherwise go after the ones never tried.
+            record.next_ms = now;
+            self.write(&record)?;
+            self.schedule(&record, now);
+            n += 1;
         }
+        Ok(n)
     }
-    Ok(expired.len())
+
+    fn retry(&mut self, filter: &Filter, now: u64) -> Result<usize, SpoolError> {
+        let mut n = 0;
+        for mut record in self.matching(filter, now)? {
+            if let State::Dead { .. } = record.state {
+                let c = &mut self.counters;
+                c.dead = c.dead.saturating_sub(1);
+                c.dead_bytes = c.dead_bytes.saturating_sub(record.bytes);
+                c.queued += 1;
+                c.queued_bytes = c.queued_bytes.saturating_add(record.bytes);
+            }
+            record.state = State::Queued;
+            record.next_ms = now;
+            record.client_errors = 0;
+            // A retry by hand starts the message's age over too.
+            record.envelope.received_ms = now;
+            self.write(&record)?;
+            self.schedule(&record, now);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn purge(&mut self, filter: &Filter, now: u64) -> Result<usize, SpoolError> {
+        let mut n = 0;
+        for record in self.matching(filter, now)? {
+            self.messages.remove(record.seq).map_err(unavailable)?;
+            self.bodies.remove(record.seq).map_err(unavailable)?;
+            let c = &mut self.counters;
+            match record.state {
+                State::Queued => {
+                    c.queued = c.queued.saturating_sub(1);
+                    c.queued_bytes = c.queued_bytes.saturating_sub(record.bytes);
+                    self.changes.push(Change::Gone(record.seq));
+                }
+                State::Dead { .. } => {
+                    c.dead = c.dead.saturating_sub(1);
+                    c.dead_bytes = c.dead_bytes.saturating_sub(record.bytes);
+                }
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn sweep(&mut self, now: u64) -> Result<usize, SpoolError> {
+        let mut expired = Vec::new();
+        for entry in self.expiry.range((0, 0)..(now, 0)).map_err(unavailable)? {
+            let (k, _) = entry.map_err(unavailable)?;
+            expired.push(k.value());
+            if expired.len() >= 100_000 {
+                break; // the rest next time: a bounded transaction
+            }
+        }
+        for (until, key) in &expired {
+            self.expiry.remove((*until, *key)).map_err(unavailable)?;
+            // Only if the key was not written again with a later expiry.
+            let current = self.dedup.get(key).map_err(unavailable)?.map(|v| v.value());
+            if current.is_some_and(|(_, u)| u == *until) {
+                self.dedup.remove(key).map_err(unavailable)?;
+            }
+        }
+        Ok(expired.len())
+    }
 }
