@@ -20,6 +20,7 @@ DESCRIBE = {
     "hookguard-t1-1000routes": "hookguard threads 1, 1,000 routes",
     "hookguard-t1-spool": "hookguard threads 1, `spool: true` (each message fsync'd before its 202; delivered after)",
     "hookguard-t1-alt": "hookguard threads 1, alternative: {alt}",
+    "hookguard-t1-spool-alt": "hookguard threads 1, `spool: true`, alternative: {alt}",
     "hookguard-t1-stripe": "hookguard threads 1, Stripe JSON (pretty-printed), verify + replay + JSON",
     "hookguard-t1-standard": "hookguard threads 1, Standard Webhooks JSON, verify + replay + JSON",
 }
@@ -41,6 +42,7 @@ def main():
     meta = open(sys.argv[2]).read().strip().splitlines()
     alt = next((l[len("alt: "):] for l in meta if l.startswith("alt: ")), "")
     DESCRIBE["hookguard-t1-alt"] = DESCRIBE["hookguard-t1-alt"].format(alt=alt)
+    DESCRIBE["hookguard-t1-spool-alt"] = DESCRIBE["hookguard-t1-spool-alt"].format(alt=alt)
     by = {}
     for r in rows:
         by.setdefault(r["target"], []).append(r)
@@ -81,6 +83,16 @@ def main():
             checks.append(f"socket errors {sock}")
         if exhausted:
             checks.append("**ran out of requests: raise BENCH_RATE_CAP**")
+        drains = [float(r["drain_s"]) for r in rs if r.get("drain_s", "-") not in ("-", "")]
+        if drains:
+            # Accepted and delivered: the requests of the run over the run and the time its
+            # backlog took to be delivered after it.
+            sustained = [float(r["rps"]) * float(r["duration_s"])
+                         / (float(r["duration_s"]) + float(r["drain_s"]))
+                         for r in rs if r.get("drain_s", "-") not in ("-", "")]
+            checks.append(f"backlog delivered {med(drains):.1f} s after the run"
+                          f"{spread(drains, '{:.1f}')}: **{med(sustained):,.0f} rps accepted "
+                          f"and delivered**{spread(sustained, '{:,.0f}')}")
         if t.startswith("hookguard"):
             bad = sorted({kv.split("=")[0] for r in rs for kv in r["outcomes"].split()
                           if not kv.startswith(("forwarded=", "queued="))})
@@ -124,6 +136,8 @@ def main():
     rel("hookguard-t1", "hookguard-t1-nolog", "request log off ÷ on")
     rel("pingora-t1", "hookguard-t1", "hookguard ÷ plain Pingora passthrough")
     rel("hookguard-t1", "hookguard-t1-alt", "alternative ÷ hookguard threads 1")
+    rel("hookguard-t1", "hookguard-t1-spool", "spool on ÷ off (the spool issue's target: ≥ 0.8×)")
+    rel("hookguard-t1-spool", "hookguard-t1-spool-alt", "spool, alternative ÷ this build")
     out.extend(notes)
     out.append("")
     out.append("Ratios are taken within each round (both sides under the same background load), "

@@ -420,6 +420,23 @@ outcomes() { # ADMIN_PORT
         END { for (o in n) if (n[o] > 0) printf "%s=%d ", o, n[o] }'
 }
 
+spool_queued() { # ADMIN_PORT
+    curl -fsS "http://127.0.0.1:$1/metrics" |
+        awk '/^hookguard_spool_messages\{state="queued"\}/ {print $2}'
+}
+
+# Waits until the spool has delivered its backlog; prints the seconds it took (at most 300).
+spool_drain() { # ADMIN_PORT
+    local t0 q
+    t0=$(date +%s.%N)
+    for _ in $(seq 3000); do
+        q=$(spool_queued "$1")
+        if [ "${q:-1}" = 0 ]; then break; fi
+        sleep 0.1
+    done
+    python3 -c "print(f'{$(date +%s.%N) - $t0:.2f}')"
+}
+
 replay_entries() { # ADMIN_PORT
     curl -fsS "http://127.0.0.1:$1/metrics" | awk '/^hookguard_replay_entries / {print $2}'
 }
@@ -475,7 +492,7 @@ run_wrk() { # URL FILE MODE SECONDS RESULT-FILE
     echo "load: wrk -t1 -c$CONNECTIONS, ${WARMUP}s warm-up + ${DURATION}s measured, $ROUNDS round(s), ~1 KiB bodies"
     echo "loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$META"
-printf 'round\ttarget\tworkload\trps\tp50_ms\tp99_ms\trss_kib\trss_idle_kib\tcpu_us_per_req\tnon2xx\tsock_err\texhausted\toutcomes\tloadavg\n' >"$RESULTS"
+printf 'round\ttarget\tworkload\trps\tp50_ms\tp99_ms\trss_kib\trss_idle_kib\tcpu_us_per_req\tnon2xx\tsock_err\texhausted\toutcomes\tloadavg\tdrain_s\tduration_s\n' >"$RESULTS"
 
 # One measurement: warm-up, measured run, RSS, CPU, and for hookguard its own outcome counts.
 # measure ROUND TARGET
@@ -492,6 +509,7 @@ measure() {
         hookguard-t1-1000routes) kind=hookguard ;;
         hookguard-t1-alt) kind=hookguard ;;
         hookguard-t1-spool) kind=hookguard ;;
+        hookguard-t1-spool-alt) kind=hookguard ;;
         hookguard-t1-stripe) kind=hookguard; workload=stripe ;;
         hookguard-t1-standard) kind=hookguard; workload=standard ;;
         *) echo "unknown target $target" >&2; return 1 ;;
@@ -508,8 +526,8 @@ measure() {
                 *-nolog) args=(--log-level warn) ;;
             esac
             USE_ALT=0
-            [ "$target" = hookguard-t1-alt ] && USE_ALT=1
-            if [ "$target" = hookguard-t1-spool ]; then SPOOL=1; mkdir -p "$SPOOL_DIR"; fi
+            case "$target" in *-alt) USE_ALT=1 ;; esac
+            case "$target" in *-spool | *-spool-alt) SPOOL=1; mkdir -p "$SPOOL_DIR" ;; esac
             start_hookguard "$target" "$threads" "$extra" "${args[@]}"
             USE_ALT=0
             SPOOL=0
@@ -524,9 +542,20 @@ measure() {
     esac
     local url="http://127.0.0.1:$port$path" r="$WORK/r-$round-$target"
     run_wrk "$url" "$WORK/$workload-warm.req" "$mode" "$WARMUP" "$r.warm"
+    # A spooled row answers before it delivers: the warm-up's backlog is delivered before the
+    # measured run, and the measured run's after it, inside the CPU window (the delivery is
+    # part of each request's cost). drain_s: how long that took after wrk stopped.
+    local spooled=0 drain=-
+    case "$target" in *-spool | *-spool-alt) spooled=1 ;; esac
+    if [ "$spooled" = 1 ]; then spool_drain "$admin" >/dev/null; fi
     local t0 t1
     t0=$(cpu_ticks "$pid")
     run_wrk "$url" "$WORK/$workload-main.req" "$mode" "$DURATION" "$r"
+    local spool_note=""
+    if [ "$spooled" = 1 ]; then
+        drain=$(spool_drain "$admin")
+        spool_note=", backlog delivered $drain s after wrk stopped"
+    fi
     t1=$(cpu_ticks "$pid")
     local rss
     rss=$(rss_kib "$pid")
@@ -538,11 +567,11 @@ measure() {
     reqs=$(get requests)
     cpu=$(python3 -c "print(f'{($t1-$t0)/$TICKS*1e6/max(1,$reqs):.1f}')")
     local sockerr=$(($(get connect_err) + $(get read_err) + $(get write_err) + $(get timeout)))
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$round" "$target" "$workload" "$(get rps)" "$(get p50_ms)" "$(get p99_ms)" "$rss" "$idle" \
         "$cpu" "$(get non2xx)" "$sockerr" "$(get exhausted)" "${outs:--}" \
-        "$(cut -d' ' -f1 /proc/loadavg)" >>"$RESULTS"
-    log "round $round $target: $(get rps) rps, p99 $(get p99_ms) ms, non-2xx $(get non2xx)${outs:+, $outs}"
+        "$(cut -d' ' -f1 /proc/loadavg)" "$drain" "$(get duration_s)" >>"$RESULTS"
+    log "round $round $target: $(get rps) rps, p99 $(get p99_ms) ms, non-2xx $(get non2xx)${outs:+, $outs}$spool_note"
     if [ "$kind" != static ]; then
         stop_pid "$pid"
         rm -f "$WORK/$target.log"
@@ -552,7 +581,7 @@ measure() {
 
 TARGETS=(direct nginx nginx-2w pingora-t1 hookguard-t1 hookguard-t1-nolog hookguard-t2
     hookguard-t1-1000routes hookguard-t1-spool)
-[ "$HAVE_ALT" = 1 ] && TARGETS+=(hookguard-t1-alt)
+[ "$HAVE_ALT" = 1 ] && TARGETS+=(hookguard-t1-alt hookguard-t1-spool-alt)
 [ "$HAVE_STRIPE" = 1 ] && TARGETS+=(hookguard-t1-stripe)
 [ "$HAVE_STANDARD" = 1 ] && TARGETS+=(hookguard-t1-standard)
 if [ -n "$ONLY_TARGETS" ]; then
