@@ -8,8 +8,9 @@
 //! 5xx and a down upstream are retried (one probe per backoff step while it is down), 4xx
 //! and the abort header dead-letter, `max_age` expires; SIGKILL loses nothing answered `202`
 //! and a message interrupted mid-delivery is delivered again and counted; a full spool answers
-//! 503 and takes messages again after a purge; `hookguard spool` works through the admin
-//! listener and on the file.
+//! 503 and takes messages again after a purge; on a slow disk (the debug build's fault
+//! injection), a write that lands after its 503 settles its keys and the writer's queue is
+//! bounded; `hookguard spool` works through the admin listener and on the file.
 //!
 //! Longer than 500 lines: one self-contained test per promise of the issue, each with its own
 //! proxy, upstream and spool file.
@@ -159,6 +160,62 @@ fn a_mailgun_token_taken_on_one_path_is_refused_on_the_other_with_another_body()
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(upstream.count(), 2, "no forged body reached the app");
     assert!(messages(&proxy).is_empty(), "nothing forged was spooled");
+}
+
+/// A slow disk, simulated by the debug build's fault injection: each commit takes 600 ms.
+const SLOW_DISK: (&str, &str) = ("HOOKGUARD_FAULT_SPOOL_COMMIT_DELAY_MS", "600");
+
+#[test]
+fn a_write_that_lands_after_its_503_settles_the_keys_it_wrote() {
+    // The provider is answered 503 at `commit_timeout` (it retries), but the message's keys
+    // wait for the write's result. Released at the answer (before), a copy sent to a direct
+    // route with the same secret reached the app, and the spool delivered the message too.
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = spooled(&upstream.url(), dir.path())
+        .set("spool.commit_timeout", "100ms")
+        .route(TestRoute::mailgun("direct", "/direct", MG_KEY));
+    let proxy = Proxy::start_config_env(&config, &[SLOW_DISK]);
+
+    let body = mg_json_at(MG_KEY, now(), &token(), "delivered");
+    let resp = post(proxy.port, "/mg", &[JSON], &body);
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert!(resp.text().contains("spool_unavailable"), "{}", resp.text());
+    // The write is still under way: a copy, on either route, is in flight.
+    let copy = post(proxy.port, "/direct", &[JSON], &body);
+    assert_eq!(copy.status, 409, "{}", copy.text());
+    // The write lands: the spool delivers the message, once; the provider's retry and the
+    // copy are duplicates.
+    eventually(Duration::from_secs(15), "delivery from the spool", || {
+        upstream.count() == 1
+    });
+    assert_duplicate(&post(proxy.port, "/mg", &[JSON], &body));
+    assert_duplicate(&post(proxy.port, "/direct", &[JSON], &body));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(upstream.count(), 1, "the app got the message once");
+}
+
+#[test]
+fn messages_waiting_for_a_slow_writer_are_bounded_by_max_pending_bytes() {
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    // One byte: a message goes through alone, a second one waits for nothing.
+    let config = spooled(&upstream.url(), dir.path()).set("spool.max_pending_bytes", 1);
+    let proxy = Proxy::start_config_env(&config, &[SLOW_DISK]);
+
+    let port = proxy.port;
+    let first = std::thread::spawn(move || send(port, &token()));
+    std::thread::sleep(Duration::from_millis(200));
+    let second = mg_json_at(MG_KEY, now(), &token(), "opened");
+    let resp = post(proxy.port, "/mg", &[JSON], &second);
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert!(resp.text().contains("spool_unavailable"), "{}", resp.text());
+    assert_queued(&first.join().unwrap());
+    // Nothing of the refused one was kept: its retry is written.
+    assert_queued(&post(proxy.port, "/mg", &[JSON], &second));
+    eventually(Duration::from_secs(15), "both delivered", || {
+        upstream.count() == 2
+    });
 }
 
 fn stripe_header(secret: &str, ts: u64, body: &[u8]) -> String {

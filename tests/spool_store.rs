@@ -12,6 +12,7 @@ fn limits() -> Limits {
     Limits {
         max_bytes: 1 << 30,
         min_free_bytes: 0,
+        max_pending_bytes: 64 << 20,
         dedup_ttl: Duration::from_secs(3600),
     }
 }

@@ -25,6 +25,10 @@ pub struct SpoolSettings {
     pub max_bytes: u64,
     /// Free space the spool's file system must keep: below it, 503 `spool_full`.
     pub min_free_bytes: u64,
+    /// The embedded store: bound on the bytes of messages waiting for the writer (a slow
+    /// disk); past it, new messages get 503 `spool_unavailable` at once instead of queueing
+    /// in memory.
+    pub max_pending_bytes: u64,
     /// Longest wait for a message to be written and synced before answering 503
     /// `spool_unavailable`.
     pub commit_timeout: Duration,
@@ -82,6 +86,7 @@ impl Default for SpoolSettings {
             path: PathBuf::from("hookguard-spool.redb"),
             max_bytes: 1 << 30,
             min_free_bytes: 256 << 20,
+            max_pending_bytes: 64 << 20,
             commit_timeout: Duration::from_secs(5),
             dedup_ttl: Duration::from_secs(7 * 24 * 3600),
             max_age: Duration::from_secs(3 * 24 * 3600),
@@ -142,6 +147,7 @@ pub(super) struct RawSpool {
     path: Option<PathBuf>,
     max_bytes: Option<u64>,
     min_free_bytes: Option<u64>,
+    max_pending_bytes: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     commit_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -204,10 +210,25 @@ impl Loader<'_> {
             );
         }
         let max_bytes = raw.max_bytes.unwrap_or(d.max_bytes);
-        if max_bytes == 0 {
+        let max_pending_bytes = raw.max_pending_bytes.unwrap_or(d.max_pending_bytes);
+        for (key, v) in [
+            ("max_bytes", max_bytes),
+            ("max_pending_bytes", max_pending_bytes),
+        ] {
+            if v == 0 {
+                self.error_at_value(&path.key(key), format!("`spool.{key}` must be more than 0"));
+            }
+        }
+        // A message's keys must outlive the message: a key forgotten while its message is
+        // still queued would let a copy be written as a second message.
+        if dedup_ttl < max_age {
             self.error_at_value(
-                &path.key("max_bytes"),
-                "`spool.max_bytes` must be more than 0".into(),
+                &path.key(if raw.dedup_ttl.is_some() { "dedup_ttl" } else { "max_age" }),
+                format!(
+                    "`spool.dedup_ttl` ({}) must be at least `spool.max_age` ({}): a message's keys must be remembered as long as the message may still be delivered",
+                    humantime::format_duration(dedup_ttl),
+                    humantime::format_duration(max_age)
+                ),
             );
         }
         let abort_header = match raw.abort_header {
@@ -249,6 +270,7 @@ impl Loader<'_> {
                 for (key, given) in [
                     ("path", raw.path.is_some()),
                     ("min_free_bytes", raw.min_free_bytes.is_some()),
+                    ("max_pending_bytes", raw.max_pending_bytes.is_some()),
                 ] {
                     if given {
                         self.error_at_key(
@@ -288,6 +310,7 @@ impl Loader<'_> {
             path: raw.path.unwrap_or(d.path),
             max_bytes,
             min_free_bytes: raw.min_free_bytes.unwrap_or(d.min_free_bytes),
+            max_pending_bytes,
             commit_timeout,
             dedup_ttl,
             max_age,

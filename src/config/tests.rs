@@ -640,3 +640,42 @@ fn the_spool_on_redis_needs_the_replay_redis_and_a_lease_longer_than_an_attempt(
         "{errs:?}"
     );
 }
+
+#[test]
+fn spool_keys_outlive_their_messages_and_the_writers_queue_is_bounded() {
+    // A key forgotten while its message may still be delivered would let a copy in as a
+    // second message.
+    let errs = errors(&format!(
+        "spool:\n  max_age: 2d\n  dedup_ttl: 1d\n  max_pending_bytes: 0\n{ROUTE}"
+    ));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "test.yaml:3:14: `spool.dedup_ttl` (1day) must be at least `spool.max_age` (2days)"
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("test.yaml:4:22: `spool.max_pending_bytes` must be more than 0"),
+        "{errs:?}"
+    );
+    // Without `dedup_ttl` written, the error is at `max_age`: the line to change.
+    let errs = errors(&format!("spool:\n  max_age: 30d\n{ROUTE}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("test.yaml:2:12: `spool.dedup_ttl`"),
+        "{errs:?}"
+    );
+    let c = load(&format!("spool:\n  max_age: 7d\n{ROUTE}")).unwrap_or_else(|e| panic!("{e}"));
+    let s = c.spool.expect("a spool");
+    assert_eq!(s.max_pending_bytes, 64 << 20);
+    // The bound is the embedded store's: Redis bounds each write by its timeout.
+    let errs = errors(&format!(
+        "replay:\n  backend: redis\n  redis_url: redis://localhost\nspool:\n  backend: redis\n  max_pending_bytes: 1000\n{ROUTE}"
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("`spool.max_pending_bytes` applies only with `spool.backend: embedded`"),
+        "{errs:?}"
+    );
+}

@@ -26,7 +26,7 @@ mod upstream;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -37,6 +37,7 @@ use hyper_util::rt::TokioIo;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use pingora::time::fast_timeout::fast_timeout;
 
 use crate::body::{Body, BodyError};
 use crate::config::{DuplicateStatus, ForwardBody, Route};
@@ -287,8 +288,15 @@ async fn handle(
     if route.spool {
         let verified = verified.event(route.provider.event_id(&body).as_deref());
         // On a task of its own, as the exchange below: a client that goes away cannot leave
-        // a written message's keys released.
-        let written = tokio::spawn({
+        // a written message's keys released. The provider is answered at
+        // `spool.commit_timeout` at the latest (503: it retries), but the keys wait for what
+        // the spool really did: a write that lands after the answer commits them (the retry
+        // is then a duplicate, wherever it is sent), one that fails releases them. Released
+        // at the timeout instead, a late write would leave the message spooled with its keys
+        // free, and a copy sent to a direct route with the same secret would reach the
+        // application a second time.
+        let (tell, told) = tokio::sync::oneshot::channel();
+        tokio::spawn({
             let gw = Arc::clone(gw);
             let route = Arc::clone(&route);
             let keys = verified.dedup_keys().iter().map(|k| k.0).collect();
@@ -300,11 +308,22 @@ async fn handle(
                     Err(_) => reservation.release().await,
                 }
                 drop(in_flight);
-                written
+                // The handler may have answered already (timed out): nobody listens then.
+                let _ = tell.send(written);
             }
-        })
-        .await
-        .unwrap_or_else(|_| Err(SpoolError::Unavailable("the spool write stopped".into())));
+        });
+        let commit_timeout = gw
+            .spool
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.commit_timeout);
+        let written = match fast_timeout(commit_timeout, told).await {
+            Ok(Ok(written)) => written,
+            Ok(Err(_)) => Err(SpoolError::Unavailable("the spool write stopped".into())),
+            Err(_) => Err(SpoolError::Unavailable(
+                "no commit within spool.commit_timeout (the keys wait for the write's result)"
+                    .into(),
+            )),
+        };
         return spooled(gw, &route, &verified.id, written, report);
     }
     // From here the exchange runs to its end on a task of its own, even if the client goes

@@ -28,7 +28,8 @@ pub struct Spool {
 
 impl Spool {
     /// Writes `request` (as the application is to receive it) under `keys`; returns once it is
-    /// synced, or refused.
+    /// synced, or refused (the store bounds how long: the embedded store answers every op it
+    /// was given, Redis within `replay.redis_timeout`).
     pub async fn enqueue(
         &self,
         keys: Vec<u128>,
@@ -64,12 +65,9 @@ impl Spool {
             envelope,
             body,
         };
-        let enqueued = match fast_timeout(self.commit_timeout, self.store.enqueue(message)).await {
-            Ok(r) => r,
-            Err(_) => Err(SpoolError::Unavailable(
-                "no commit within spool.commit_timeout".into(),
-            )),
-        };
+        // No timeout here: the caller answers the provider at `commit_timeout` and still
+        // waits for this result, which settles the message's keys.
+        let enqueued = self.store.enqueue(message).await;
         if matches!(enqueued, Ok(Enqueued::Queued(_))) {
             self.delivery.wake.notify_one();
         }

@@ -17,6 +17,7 @@
 //! API, the writer (batching, commit, recovery after a failed write), then the ops.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,6 +62,8 @@ const MAX_BATCH: usize = 512;
 pub struct Limits {
     pub max_bytes: u64,
     pub min_free_bytes: u64,
+    /// Bytes of messages waiting for the writer.
+    pub max_pending_bytes: u64,
     pub dedup_ttl: Duration,
 }
 
@@ -69,6 +72,7 @@ impl Limits {
         Limits {
             max_bytes: settings.max_bytes,
             min_free_bytes: settings.min_free_bytes,
+            max_pending_bytes: settings.max_pending_bytes,
             dedup_ttl: settings.dedup_ttl,
         }
     }
@@ -95,6 +99,20 @@ pub struct SpoolStore {
     db: Handle,
     ops: mpsc::Sender<Op>,
     schedule: Arc<Mutex<Schedule>>,
+    /// Bytes of the messages given to the writer and not yet answered, and their bound: the
+    /// writer's queue is not a place for a slow disk's backlog to grow without end.
+    pending: Arc<AtomicU64>,
+    max_pending_bytes: u64,
+}
+
+/// A message's bytes counted as waiting for the writer until dropped (answered, or the
+/// caller gone).
+struct PendingBytes<'a>(&'a AtomicU64, u64);
+
+impl Drop for PendingBytes<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
 }
 
 /// The open database, shared by readers and the writer. Empty for the moment the writer
@@ -224,6 +242,7 @@ impl SpoolStore {
             load(&db).map_err(|e| format!("cannot read the spool {}: {e}", path.display()))?;
         tracing::debug!(elapsed = ?started.elapsed(), "spool: schedule read from the records");
         let schedule = Arc::new(Mutex::new(schedule));
+        let max_pending_bytes = limits.max_pending_bytes;
         let db: Handle = Arc::new(ArcSwapOption::from_pointee(db));
         let (ops, rx) = mpsc::channel();
         let writer = Writer {
@@ -238,12 +257,20 @@ impl SpoolStore {
             on_commit,
             counters: std::cell::Cell::new(counters),
             schedule: Arc::clone(&schedule),
+            #[cfg(debug_assertions)]
+            commit_delay: injected_commit_delay(),
         };
         std::thread::Builder::new()
             .name("hookguard-spool".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| format!("cannot start the spool's writer: {e}"))?;
-        Ok(SpoolStore { db, ops, schedule })
+        Ok(SpoolStore {
+            db,
+            ops,
+            schedule,
+            pending: Arc::new(AtomicU64::new(0)),
+            max_pending_bytes,
+        })
     }
 
     fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
@@ -262,6 +289,15 @@ impl SpoolStore {
     /// Writes `message` (synced to disk when this returns `Queued`), unless one of its keys is
     /// already spooled or delivered.
     pub async fn enqueue(&self, message: Incoming) -> Result<Enqueued, SpoolError> {
+        let bytes = message.bytes();
+        let before = self.pending.fetch_add(bytes, Ordering::Relaxed);
+        let _pending = PendingBytes(&self.pending, bytes);
+        // A message larger than the bound goes through alone.
+        if before > 0 && before.saturating_add(bytes) > self.max_pending_bytes {
+            return Err(SpoolError::Unavailable(format!(
+                "the spool's writer is behind: {before} bytes of messages wait for it (spool.max_pending_bytes)"
+            )));
+        }
         self.ask(|r| Op::Enqueue(message, r)).await
     }
 
@@ -477,6 +513,20 @@ struct Writer {
     /// Changed after each commit, before its ops are answered: an enqueued message is due
     /// for the scheduler when its 202 goes out.
     schedule: Arc<Mutex<Schedule>>,
+    /// Fault injection (debug builds only, for the tests): each commit takes this much
+    /// longer, as on a slow disk.
+    #[cfg(debug_assertions)]
+    commit_delay: Duration,
+}
+
+/// `HOOKGUARD_FAULT_SPOOL_COMMIT_DELAY_MS`, read by debug builds only (the tests' binary):
+/// release builds have no such knob.
+#[cfg(debug_assertions)]
+fn injected_commit_delay() -> Duration {
+    std::env::var("HOOKGUARD_FAULT_SPOOL_COMMIT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_millis)
 }
 
 /// An op's reply, sent once its transaction is committed (or has failed).
@@ -629,7 +679,11 @@ impl Writer {
                 drop(txn.abort());
                 Err(e)
             }
-            Ok(()) => txn.commit().map_err(unavailable),
+            Ok(()) => {
+                #[cfg(debug_assertions)]
+                std::thread::sleep(self.commit_delay);
+                txn.commit().map_err(unavailable)
+            }
         };
         match committed {
             Ok(()) => {

@@ -281,6 +281,11 @@ impl Proxy {
 
     /// Starts hookguard on `config` (its own listen and admin ports).
     pub fn start_config(config: &TestConfig) -> Self {
+        Self::start_config_env(config, &[])
+    }
+
+    /// The same, with `env` in the process's environment.
+    pub fn start_config_env(config: &TestConfig, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("config.yaml"), config.yaml()).expect("write config");
         let mut proxy = Proxy {
@@ -289,7 +294,7 @@ impl Proxy {
             dir,
             child: None,
         };
-        proxy.spawn(&[], &[]);
+        proxy.spawn(&[], env);
         proxy
     }
 
