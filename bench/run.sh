@@ -363,6 +363,7 @@ EOF
     # lives beside the repository (a real disk; /tmp may be a tmpfs, where fsync is free).
     if [ "$SPOOL" = 1 ]; then
         printf 'spool:\n  path: "%s"\n  max_bytes: 8589934592\n' "$SPOOL_DIR/spool-$1.redb"
+        if [ -n "${BENCH_SPOOL_WORKERS:-}" ]; then printf '  workers: %s\n' "$BENCH_SPOOL_WORKERS"; fi
     fi
     echo "routes:"
     local i

@@ -90,7 +90,7 @@ impl Default for SpoolSettings {
             commit_timeout: Duration::from_secs(5),
             dedup_ttl: Duration::from_secs(7 * 24 * 3600),
             max_age: Duration::from_secs(3 * 24 * 3600),
-            workers: 8,
+            workers: 32,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(600),
             client_error_attempts: 3,
