@@ -406,7 +406,9 @@ fn wait_drained(gateway: &Gateway, grace: Duration) {
     // Let Pingora close its listeners and idle keep-alive connections first.
     std::thread::sleep(Duration::from_millis(100));
     while Instant::now() < deadline {
-        if gateway.in_flight() == 0 {
+        // Requests settled, and every answer written (a connection closes once its request
+        // is answered): exiting earlier could cut an answer short.
+        if gateway.in_flight() == 0 && gateway.connections() == 0 {
             tracing::info!("no request in flight");
             return;
         }
@@ -414,6 +416,7 @@ fn wait_drained(gateway: &Gateway, grace: Duration) {
     }
     tracing::warn!(
         in_flight = gateway.in_flight(),
+        connections = gateway.connections(),
         "grace period over with requests in flight"
     );
 }

@@ -1,7 +1,7 @@
 //! The state every connection of the public listener shares: the current config (swapped as
 //! a whole on reload), the replay guard, the metrics and the upstream connection pool.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -36,7 +36,12 @@ pub struct Gateway {
     /// The spool, when a route spools.
     pub(super) spool: Option<Arc<super::spool::Spool>>,
     in_flight: AtomicUsize,
-    draining: AtomicBool,
+    /// Client connections open: shutdown waits for them too, since a request's answer is
+    /// written after its handler is done (counted by `in_flight` only until then).
+    connections: AtomicUsize,
+    /// Set when shutdown begins: every connection finishes the request it is serving and
+    /// closes (idle ones at once).
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -56,7 +61,8 @@ impl Gateway {
             upstream: UpstreamClient::new(),
             spool,
             in_flight: AtomicUsize::new(0),
-            draining: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            draining: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -76,13 +82,37 @@ impl Gateway {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// Stop reusing client connections: shutdown has begun.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+    /// Client connections open.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
     }
 
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+    /// Shutdown has begun: each connection answers the request it is serving, then closes.
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub(super) async fn drained(&self) {
+        let mut draining = self.draining.subscribe();
+        // The sender lives as long as the gateway: an error cannot happen while it is borrowed.
+        let _ = draining.wait_for(|d| *d).await;
+    }
+}
+
+/// Counts a client connection as open for as long as it lives.
+pub(super) struct Connection(Arc<Gateway>);
+
+impl Connection {
+    pub(super) fn open(g: &Arc<Gateway>) -> Self {
+        g.connections.fetch_add(1, Ordering::AcqRel);
+        Connection(Arc::clone(g))
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

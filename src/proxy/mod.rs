@@ -77,6 +77,7 @@ async fn serve(gw: Arc<Gateway>, stream: Stream, mut shutdown: ShutdownWatch) {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_canonical())
     });
+    let open = gateway::Connection::open(&gw);
     let snap = gw.config();
     let t = &snap.config.timeouts;
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -89,20 +90,30 @@ async fn serve(gw: Arc<Gateway>, stream: Stream, mut shutdown: ShutdownWatch) {
         // A client that shuts its writing side after its request still gets the answer.
         .half_close(true)
         .keep_alive(true);
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn({
         let gw = Arc::clone(&gw);
-        async move { Ok::<_, Infallible>(request(gw, req, peer).await) }
+        move |req: Request<Incoming>| {
+            let gw = Arc::clone(&gw);
+            async move { Ok::<_, Infallible>(request(gw, req, peer).await) }
+        }
     });
     let conn = http.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
+        // hookguard's own drain (it exits once every connection is closed), or Pingora's
+        // shutdown at the end of its grace period.
+        _ = gw.drained() => {
+            // Idle: closed now; mid-request: closed once its answer is written.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
         _ = shutdown_started(&mut shutdown) => {
-            // Idle: closed now; mid-request: closed once it is answered.
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
     }
+    drop(open);
 }
 
 async fn shutdown_started(shutdown: &mut ShutdownWatch) {
