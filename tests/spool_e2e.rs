@@ -359,7 +359,10 @@ fn client_errors_dead_letter_after_a_few_tries_and_the_abort_header_at_once() {
 fn while_the_app_is_down_one_probe_per_backoff_step_then_the_backlog_drains_in_order() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start_config(&spooled(&format!("http://127.0.0.1:{port}"), dir.path()));
+    // 8 workers: the scheduler's batch (4 per worker) holds the whole backlog of 30, so no
+    // newest share is interleaved, and arrival order holds up to the workers in parallel.
+    let config = spooled(&format!("http://127.0.0.1:{port}"), dir.path()).set("spool.workers", 8);
+    let proxy = Proxy::start_config(&config);
     let mut ids = Vec::new();
     for _ in 0..30 {
         ids.push(assert_queued(&send(proxy.port, &token())));
