@@ -408,6 +408,49 @@ fn while_the_app_is_down_one_probe_per_backoff_step_then_the_backlog_drains_in_o
 }
 
 #[test]
+fn a_down_upstreams_backlog_does_not_hold_up_the_other_upstreams() {
+    // Route /mg spools to an upstream that is down and keeps getting messages; route /ok to
+    // one that is up but answers its message's first attempt 429, so the message is due again
+    // a second later. With 1 worker the scheduler looks at the 4 oldest due messages and the
+    // newest one: before, those were always the down upstream's, and /ok's retry waited for
+    // the down upstream to come back.
+    let down = free_port();
+    let up = Upstream::start();
+    up.script([Reply::Status(429, "{}")]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = spooled(&format!("http://127.0.0.1:{down}"), dir.path())
+        .set("spool.workers", 1)
+        .set("spool.backoff_initial", "1s")
+        .set("spool.backoff_max", "1s")
+        .route(
+            TestRoute::mailgun("ok", "/ok", MG_KEY)
+                .set("spool", true)
+                .set("upstream", up.url()),
+        );
+    let proxy = Proxy::start_config(&config);
+    for _ in 0..10 {
+        assert_queued(&send(proxy.port, &token()));
+    }
+    proxy.log_when(|l| l.contains("delivery stops"));
+    let body = mg_json_at(MG_KEY, now(), &token(), "opened");
+    assert_queued(&post(proxy.port, "/ok", &[JSON], &body));
+    eventually(Duration::from_secs(2), "the first attempt (429)", || {
+        up.count() == 1
+    });
+    // The down upstream's messages keep coming for 3 s; the retry is due after ~1 s.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until && up.count() < 2 {
+        assert_queued(&send(proxy.port, &token()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        up.count(),
+        2,
+        "the up upstream's message was retried and delivered"
+    );
+}
+
+#[test]
 fn sigkill_loses_nothing_answered_and_redelivers_what_was_mid_delivery() {
     let upstream = Upstream::start();
     // The first attempt hangs: hookguard is killed while the app has the message.

@@ -177,12 +177,25 @@ impl Delivery {
                     tracing::warn!(error = %e, "spool: sweeping expired keys failed");
                 }
             }
-            // Until something is enqueued, a delivery ends, or the next message is due (or,
-            // when every due message waits for a down upstream, its next probe).
-            let wait = match (blocked_until, self.store.next_due().await) {
-                (Some(probe), _) => probe.saturating_duration_since(Instant::now()),
-                (None, Ok(Some(at))) => Duration::from_millis(at.saturating_sub(now_ms())),
-                (None, _) => Duration::from_secs(1),
+            // Until something is enqueued, a delivery ends, the next message is due, or a
+            // down upstream's next probe (when every due message found waits for one: then
+            // that probe).
+            let wait = match blocked_until {
+                Some(probe) => probe.saturating_duration_since(Instant::now()),
+                None => {
+                    let (blocked, next_probe) = self.blocked();
+                    let due_in = match self.store.next_due(&blocked).await {
+                        Ok(Some(at)) => Some(Duration::from_millis(at.saturating_sub(now_ms()))),
+                        Ok(None) => None,
+                        Err(_) => Some(Duration::from_secs(1)),
+                    };
+                    let probe_in = next_probe.map(|p| p.saturating_duration_since(Instant::now()));
+                    due_in
+                        .into_iter()
+                        .chain(probe_in)
+                        .min()
+                        .unwrap_or(Duration::from_secs(1))
+                }
             };
             let wait = wait.clamp(Duration::from_millis(5), Duration::from_secs(1));
             let _ = tokio::time::timeout(wait, self.wake.notified()).await;
@@ -194,7 +207,10 @@ impl Delivery {
     /// next probe (the scheduler sleeps until then instead of scanning again).
     async fn dispatch(self: &Arc<Self>) -> Option<Instant> {
         let batch = self.settings.workers * 4;
-        let Ok(mut due) = self.store.due(now_ms(), batch, false).await else {
+        // A down upstream's messages are not asked for until its probe is due: however many
+        // there are, they do not stand in front of the other upstreams' (embedded store).
+        let (blocked, _) = self.blocked();
+        let Ok(mut due) = self.store.due(now_ms(), batch, false, &blocked).await else {
             return None;
         };
         let mut started = false;
@@ -202,7 +218,7 @@ impl Delivery {
         // The newest due get a share, so that a long backlog does not starve them: one in
         // four places, interleaved, since the loop below stops at the first busy worker.
         if due.len() == batch {
-            if let Ok(newest) = self.store.due(now_ms(), batch / 4, true).await {
+            if let Ok(newest) = self.store.due(now_ms(), batch / 4, true, &blocked).await {
                 let newest: Vec<_> = newest.into_iter().filter(|n| !due.contains(n)).collect();
                 due.truncate(batch - newest.len());
                 let oldest = std::mem::take(&mut due);
@@ -266,6 +282,24 @@ impl Delivery {
             .map(|d| d.next_probe)
             .min()
             .or_else(|| Some(Instant::now() + Duration::from_secs(1)))
+    }
+
+    /// The down upstreams none of whose messages may be tried now (their probe is under way
+    /// or not due), and the earliest time one of them may be probed.
+    fn blocked(&self) -> (Vec<String>, Option<Instant>) {
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let mut blocked = Vec::new();
+        let mut next_probe: Option<Instant> = None;
+        for (upstream, d) in down.iter() {
+            if d.probing || now < d.next_probe {
+                blocked.push(upstream.clone());
+                if !d.probing {
+                    next_probe = Some(next_probe.map_or(d.next_probe, |n| n.min(d.next_probe)));
+                }
+            }
+        }
+        (blocked, next_probe)
     }
 
     /// Whether a message to `upstream` may be tried now: always while it is up; while it is

@@ -63,16 +63,19 @@ pub trait SpoolBackend: Send + Sync + 'static {
     async fn sweep(&self) -> Result<usize, SpoolError>;
 
     /// Up to `limit` queued messages due at `now_ms`, oldest due first (or, with
-    /// `newest_first`, the most recently due first): (due ms, seq).
+    /// `newest_first`, the most recently due first): (due ms, seq). Messages to a `blocked`
+    /// upstream (down, its probe not due) are left out by the embedded store; the Redis
+    /// store returns them too (the scheduler skips them).
     async fn due(
         &self,
         now_ms: u64,
         limit: usize,
         newest_first: bool,
+        blocked: &[String],
     ) -> Result<Vec<(u64, u64)>, SpoolError>;
 
-    /// The earliest time a queued message is due, if any.
-    async fn next_due(&self) -> Result<Option<u64>, SpoolError>;
+    /// The earliest time a queued message (not to a `blocked` upstream, as `due`) is due.
+    async fn next_due(&self, blocked: &[String]) -> Result<Option<u64>, SpoolError>;
 
     /// The upstream a queued message goes to (`None`: no such message), for the scheduler,
     /// which looks at it before it starts an attempt.

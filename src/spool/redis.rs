@@ -709,6 +709,9 @@ impl SpoolBackend for RedisSpool {
         now_ms: u64,
         limit: usize,
         newest_first: bool,
+        // One sorted set for every upstream: a down upstream's messages are returned too, and
+        // skipped by the scheduler.
+        _blocked: &[String],
     ) -> Result<Vec<(u64, u64)>, SpoolError> {
         self.run(move |inner| async move {
             let mut conn = inner.conn.clone();
@@ -731,7 +734,7 @@ impl SpoolBackend for RedisSpool {
         .await
     }
 
-    async fn next_due(&self) -> Result<Option<u64>, SpoolError> {
+    async fn next_due(&self, _blocked: &[String]) -> Result<Option<u64>, SpoolError> {
         self.run(move |inner| async move {
             let mut conn = inner.conn.clone();
             let mut cmd = redis::cmd("ZRANGE");

@@ -331,15 +331,21 @@ impl SpoolStore {
         self.ask(Op::Sweep).await
     }
 
-    /// Up to `limit` queued messages due at `now_ms`, oldest due first (or, with
-    /// `newest_first`, the most recently due first): (due ms, seq).
-    pub fn due(&self, now_ms: u64, limit: usize, newest_first: bool) -> Vec<(u64, u64)> {
-        self.schedule().due(now_ms, limit, newest_first)
+    /// Up to `limit` queued messages due at `now_ms`, except those to a `blocked` upstream,
+    /// oldest due first (or, with `newest_first`, the most recently due first): (due ms, seq).
+    pub fn due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        newest_first: bool,
+        blocked: &[String],
+    ) -> Vec<(u64, u64)> {
+        self.schedule().due(now_ms, limit, newest_first, blocked)
     }
 
-    /// The earliest time a queued message is due, if any.
-    pub fn next_due(&self) -> Option<u64> {
-        self.schedule().next_due()
+    /// The earliest time a queued message not to a `blocked` upstream is due, if any.
+    pub fn next_due(&self, blocked: &[String]) -> Option<u64> {
+        self.schedule().next_due(blocked)
     }
 
     /// The upstream a queued message goes to (`None`: not queued).
@@ -460,12 +466,13 @@ impl SpoolBackend for SpoolStore {
         now_ms: u64,
         limit: usize,
         newest_first: bool,
+        blocked: &[String],
     ) -> Result<Vec<(u64, u64)>, SpoolError> {
-        Ok(SpoolStore::due(self, now_ms, limit, newest_first))
+        Ok(SpoolStore::due(self, now_ms, limit, newest_first, blocked))
     }
 
-    async fn next_due(&self) -> Result<Option<u64>, SpoolError> {
-        Ok(SpoolStore::next_due(self))
+    async fn next_due(&self, blocked: &[String]) -> Result<Option<u64>, SpoolError> {
+        Ok(SpoolStore::next_due(self, blocked))
     }
 
     async fn upstream_of(&self, seq: u64) -> Result<Option<String>, SpoolError> {
