@@ -160,17 +160,17 @@ impl Deliver for SpoolDeliverer {
                 let status = exchange.response.status().as_u16();
                 let aborted = exchange.response.headers().contains_key(&self.abort_header);
                 let retry_after = retry_after(&exchange.response);
-                // The body is read to its end (bounded in time), so the connection goes back to
-                // the pool; its contents are not needed.
+                // The body is read to its end, so that the connection goes back to the pool,
+                // and thrown away as it comes (its contents are not needed): bounded in time
+                // and in size, past which the connection is dropped instead.
                 let body = super::respond::relay(
                     exchange.response,
                     exchange.lease,
                     self.timeouts.upstream_read,
                 );
-                let read =
-                    fast_timeout(self.timeouts.upstream_read, body.into_body().collect()).await;
+                let read = fast_timeout(self.timeouts.upstream_read, drain(body.into_body())).await;
                 let note = match read {
-                    Ok(Ok(_)) => format!("answered {status}"),
+                    Ok(true) => format!("answered {status}"),
                     _ => format!("answered {status} (body cut off)"),
                 };
                 Outcome {
@@ -190,6 +190,29 @@ impl Deliver for SpoolDeliverer {
             },
         }
     }
+}
+
+/// The most of an answer's body a delivery reads (and throws away) to reuse its connection.
+const MAX_DRAINED_BYTES: usize = 1 << 20;
+
+/// Reads `body` to its end, keeping nothing; `false` when it failed or was longer than
+/// [`MAX_DRAINED_BYTES`] (the rest is not read).
+async fn drain<B>(mut body: B) -> bool
+where
+    B: hyper::body::Body + Unpin,
+    B::Data: bytes::Buf,
+{
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return false };
+        if let Some(data) = frame.data_ref() {
+            seen = seen.saturating_add(bytes::Buf::remaining(data));
+            if seen > MAX_DRAINED_BYTES {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -214,5 +237,13 @@ mod tests {
             seconds(&date)
         );
         assert_eq!(seconds(&answer("yesterday")), None);
+    }
+
+    #[tokio::test]
+    async fn an_answers_body_is_drained_within_a_bound() {
+        let body = |n: usize| Full::new(Bytes::from(vec![b'x'; n]));
+        assert!(drain(body(10)).await);
+        assert!(drain(body(MAX_DRAINED_BYTES)).await);
+        assert!(!drain(body(MAX_DRAINED_BYTES + 1)).await);
     }
 }
