@@ -459,13 +459,16 @@ fn proof_two_replicas_killed_again_and_again_lose_nothing_and_enqueue_once() {
     let next = Arc::new(AtomicUsize::new(0));
     let answered: Arc<Mutex<HashSet<String>>> = Arc::default();
     let not_2xx = Arc::new(AtomicUsize::new(0));
+    // The answers that were not 2xx, by status ("none": no answer, the replica was dead).
+    let by_status: Arc<Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
     let done = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..concurrency)
         .map(|c| {
-            let (next, answered, not_2xx, done, ports) = (
+            let (next, answered, not_2xx, by_status, done, ports) = (
                 next.clone(),
                 answered.clone(),
                 not_2xx.clone(),
+                by_status.clone(),
                 done.clone(),
                 ports.clone(),
             );
@@ -482,8 +485,11 @@ fn proof_two_replicas_killed_again_and_again_lose_nothing_and_enqueue_once() {
                     let port = ports[(i + c + tries) % ports.len()];
                     match try_post(port, &body) {
                         Some(200 | 202) => break,
-                        _ => {
+                        other => {
                             not_2xx.fetch_add(1, Ordering::Relaxed);
+                            let status =
+                                other.map_or_else(|| "none".to_string(), |s| s.to_string());
+                            *by_status.lock().unwrap().entry(status).or_default() += 1;
                             assert!(Instant::now() < deadline, "{token} never answered 2xx");
                             tries += 1;
                             std::thread::sleep(Duration::from_millis(20));
@@ -543,11 +549,12 @@ fn proof_two_replicas_killed_again_and_again_lose_nothing_and_enqueue_once() {
     let ambiguous = s["ambiguous_total"].as_u64().unwrap() as usize;
     println!(
         "spool redis proof: {messages} messages at concurrency {concurrency}, app answering \
-         after {delay} ms, {kills} SIGKILLs (alternating between 2 replicas), {} requests not answered 2xx and retried; \
+         after {delay} ms, {kills} SIGKILLs (alternating between 2 replicas), {} requests not answered 2xx and retried ({:?}); \
          {deliveries} deliveries of {} distinct messages, {extra} extra; {ambiguous} attempts \
          counted ambiguous; enqueued_total {}, delivered_total {}, dead {}, queued {}; \
          sending took {:.1} s, all delivered after {:.1} s",
         not_2xx.load(Ordering::Relaxed),
+        by_status.lock().unwrap(),
         per_id.len(),
         s["enqueued_total"],
         s["delivered_total"],
