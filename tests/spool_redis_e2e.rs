@@ -3,8 +3,12 @@
 //!
 //! What is held: a message is answered `202` once its script has returned, delivered, and a
 //! copy is `200 duplicate`, also when the copy goes to another replica; a replica killed
-//! mid-delivery has its message taken over by the other when the lease ends, the interrupted
-//! attempt counted ambiguous; Redis without an append-only file is refused at start (unless
+//! mid-delivery has its message (an entry pending to it in the consumer group) taken over by
+//! the other when the lease ends, the interrupted attempt counted ambiguous; nothing is left on
+//! the streams once delivered; a down upstream's backlog does not hold up another upstream's
+//! messages; while the app is down, one probe per backoff step, then the backlog drains, each
+//! message once; a message queued by the previous version (one sorted set) is delivered after
+//! the upgrade; Redis without an append-only file is refused at start (unless
 //! allowed), `appendfsync everysec` is warned about, a Redis that denies CONFIG is said to be
 //! unchecked; `spool.backend: redis` without the replay guard's Redis is refused at load.
 //! The long proof (ignored; `scripts/spool_redis_proof.sh`): thousands of messages, two
@@ -146,6 +150,9 @@ fn a_message_is_answered_202_delivered_once_and_a_copy_is_a_duplicate() {
     assert_eq!(keys.len(), 1, "{keys:?}");
     let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).unwrap();
     assert!(ttl > 6 * 24 * 3600 * 1000, "dedup_ttl (7 days): {ttl}");
+    // A delivered message leaves nothing on the streams: its entry acknowledged and deleted,
+    // nothing pending in the consumer group.
+    assert_streams_empty(&mut conn, &prefix);
 
     // Dead letters are kept, listed, retried and purged as with the embedded store.
     upstream.script([Reply::WithHeader(500, "x-webhook-abort", "no")]);
@@ -249,6 +256,17 @@ fn a_replica_killed_mid_delivery_has_its_message_taken_over_and_counted() {
         killed_a || holder.contains(&format!("-{}-", b.pid())),
         "holder {holder}"
     );
+    // The message is an entry pending to that replica in the consumer group.
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(format!("{prefix}spool:s:new"))
+        .arg("deliver")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].1, holder, "pending to the replica delivering it");
     let (dead, survivor) = if killed_a { (&mut a, &b) } else { (&mut b, &a) };
     let killed_at = Instant::now();
     dead.kill9();
@@ -277,6 +295,165 @@ fn a_replica_killed_mid_delivery_has_its_message_taken_over_and_counted() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(upstream.count(), 2);
+    assert_streams_empty(&mut conn, &prefix);
+}
+
+/// Nothing left on either stream, nothing pending in the group.
+fn assert_streams_empty(conn: &mut redis::Connection, prefix: &str) {
+    for stream in ["s:new", "s:due"] {
+        let key = format!("{prefix}spool:{stream}");
+        let len: u64 = redis::cmd("XLEN").arg(&key).query(conn).unwrap();
+        assert_eq!(len, 0, "{stream}: entries left");
+        let summary: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
+            .arg(&key)
+            .arg("deliver")
+            .query(conn)
+            .unwrap();
+        assert_eq!(summary.0, 0, "{stream}: entries pending");
+    }
+}
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn a_down_upstreams_backlog_does_not_hold_up_the_other_upstreams() {
+    let Some(redis) =
+        TestRedis::shared("a_down_upstreams_backlog_does_not_hold_up_the_other_upstreams")
+    else {
+        return;
+    };
+    // Route /mg spools to an upstream that is down and keeps getting messages; route /ok to
+    // one that is up but answers its message's first attempt 429, so the message is due again
+    // a second later. With 1 worker, a scheduler that looked at the oldest due messages of
+    // every upstream together saw only the down upstream's, and /ok's retry waited for it.
+    let down = free_port();
+    let up = Upstream::start();
+    up.script([Reply::Status(429, "{}")]);
+    let prefix = unique_prefix("spool-hol");
+    let config = volatile_replica(&format!("http://127.0.0.1:{down}"), &redis.url, &prefix)
+        .set("spool.workers", 1)
+        .set("spool.backoff_initial", "1s")
+        .set("spool.backoff_max", "1s")
+        .route(
+            TestRoute::mailgun("ok", "/ok", MG_KEY)
+                .set("spool", true)
+                .set("upstream", up.url()),
+        );
+    let proxy = Proxy::start_config(&config);
+    for _ in 0..10 {
+        assert_queued(&send(proxy.port, &token()));
+    }
+    proxy.log_when(|l| l.contains("delivery stops"));
+    let body = mg_json_at(MG_KEY, now(), &token(), "opened");
+    assert_queued(&post(proxy.port, "/ok", &[JSON], &body));
+    eventually(Duration::from_secs(2), "the first attempt (429)", || {
+        up.count() == 1
+    });
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until && up.count() < 2 {
+        assert_queued(&send(proxy.port, &token()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        up.count(),
+        2,
+        "the up upstream's message was retried and delivered"
+    );
+}
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn a_message_queued_by_the_previous_version_is_delivered_after_the_upgrade() {
+    let Some(redis) = TestRedis::shared(
+        "a_message_queued_by_the_previous_version_is_delivered_after_the_upgrade",
+    ) else {
+        return;
+    };
+    // The previous version kept every queued message in one sorted set `due` (by due time)
+    // and had no streams. One message written as it wrote them, due now.
+    let upstream = Upstream::start();
+    let prefix = unique_prefix("spool-upgrade");
+    let address = upstream.url().trim_start_matches("http://").to_owned();
+    let now_ms = now() * 1000;
+    let envelope = serde_json::json!({
+        "route": "mg", "provider": "mailgun", "id": "old-message-1", "received_ms": now_ms,
+        "upstream": address, "method": "POST", "target": "/mg",
+        "headers": [["content-type", "YXBwbGljYXRpb24vanNvbg=="], ["x-webhook-id", "b2xkLW1lc3NhZ2UtMQ=="]],
+    });
+    let mut conn = redis.conn();
+    let p = format!("{prefix}spool:");
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{p}m:1"))
+        .arg(&[
+            ("env", envelope.to_string()),
+            ("body", "{\"old\":true}".into()),
+            ("upstream", address.clone()),
+            ("state", "queued".into()),
+            ("attempts", "0".into()),
+            ("finished", "0".into()),
+            ("client_errors", "0".into()),
+            ("ambiguous", "0".into()),
+            ("next_ms", now_ms.to_string()),
+            ("received", now_ms.to_string()),
+            ("bytes", "12".into()),
+            ("holder", String::new()),
+        ])
+        .query(&mut conn)
+        .unwrap();
+    let member = format!("{:020}", 1);
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{p}due"))
+        .arg(now_ms)
+        .arg(&member)
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{p}queued"))
+        .arg(1)
+        .arg(&member)
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{p}meta"))
+        .arg(&[
+            ("next_seq", 1),
+            ("queued", 1),
+            ("queued_bytes", 12),
+            ("enqueued_total", 1),
+        ])
+        .query(&mut conn)
+        .unwrap();
+
+    let proxy = Proxy::start_config(&volatile_replica(&upstream.url(), &redis.url, &prefix));
+    eventually(Duration::from_secs(5), "the old message delivered", || {
+        upstream.count() == 1
+    });
+    let got = &upstream.received()[0];
+    assert_eq!(got.header("x-webhook-id"), Some("old-message-1"));
+    assert_eq!(got.body, b"{\"old\":true}");
+    eventually(Duration::from_secs(3), "recorded", || {
+        stats(&proxy)["delivered_total"] == 1
+    });
+    let old: bool = redis::cmd("EXISTS")
+        .arg(format!("{p}due"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(!old, "the old sorted set is gone");
+    // New messages go on as usual, numbered after it.
+    let id = assert_queued(&send(proxy.port, &token()));
+    eventually(Duration::from_secs(5), "a new one delivered", || {
+        upstream.count() == 2
+    });
+    assert_eq!(
+        upstream.received()[1].header("x-webhook-id"),
+        Some(id.as_str())
+    );
+    assert_streams_empty(&mut conn, &prefix);
 }
 
 #[cfg_attr(
@@ -584,4 +761,58 @@ fn proof_two_replicas_killed_again_and_again_lose_nothing_and_enqueue_once() {
     );
     assert_eq!(s["queued"], 0);
     assert_eq!(s["dead"], 0);
+}
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn while_the_app_is_down_one_probe_per_step_then_the_backlog_drains_once() {
+    let Some(redis) =
+        TestRedis::shared("while_the_app_is_down_one_probe_per_step_then_the_backlog_drains_once")
+    else {
+        return;
+    };
+    // The application answers 503 until the script is cleared.
+    let upstream = Upstream::start();
+    upstream.script(std::iter::repeat_n(Reply::Status(503, "{}"), 1000));
+    let prefix = unique_prefix("spool-outage");
+    let config = volatile_replica(&upstream.url(), &redis.url, &prefix)
+        .set("spool.workers", 4)
+        .set("spool.backoff_initial", "100ms")
+        .set("spool.backoff_max", "400ms");
+    let proxy = Proxy::start_config(&config);
+    let mut queued = Vec::new();
+    for _ in 0..20 {
+        queued.push(assert_queued(&send(proxy.port, &token())));
+    }
+    proxy.log_when(|l| l.contains("delivery stops"));
+    let outage = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    // At most the first wave (the 4 workers' attempts before the upstream counted as down)
+    // and one probe per backoff step: 100 ms, 200 ms, then 400 ms (less 20% of jitter). Each
+    // of the 20 messages retried on its own backoff would be over a hundred.
+    let during = upstream.count();
+    let steps = 2 + outage.elapsed().as_millis() as usize / 320;
+    assert!(
+        during <= 4 + steps,
+        "{during} attempts in {:?} of outage",
+        outage.elapsed()
+    );
+    upstream.clear_script();
+    eventually(Duration::from_secs(5), "the backlog drained", || {
+        stats(&proxy)["delivered_total"] == 20
+    });
+    let after: Vec<String> = ids(&upstream)[during..].to_vec();
+    let mut once: Vec<&String> = after.iter().collect();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), after.len(), "each delivered once: {after:?}");
+    for id in &queued {
+        assert!(ids(&upstream).contains(id), "{id} never tried");
+    }
+    assert_eq!(stats(&proxy)["queued"], 0);
+    let mut conn = redis.conn();
+    assert_streams_empty(&mut conn, &prefix);
 }

@@ -5,8 +5,8 @@
 //!   arrived meanwhile: group commit), with exactly-once enqueue (a copy of a message already
 //!   spooled or delivered is recognised by its keys, for `dedup_ttl`);
 //! - [`redis`]: the shared store of several replicas, on the Redis the replay guard uses
-//!   (`spool.backend: redis`), with the same enqueue-once guarantee and leases that let the
-//!   other replicas take over what a dead one was delivering;
+//!   (`spool.backend: redis`), with the same enqueue-once guarantee; messages are Redis Streams
+//!   entries read by a consumer group, and the other replicas claim what a dead one held;
 //! - [`delivery`]: the workers that hand messages to the application, retry with backoff and
 //!   jitter, probe a down upstream once per backoff step, and dead-letter what cannot be
 //!   delivered;
@@ -64,8 +64,9 @@ pub trait SpoolBackend: Send + Sync + 'static {
 
     /// Up to `limit` queued messages due at `now_ms`, oldest due first (or, with
     /// `newest_first`, the most recently due first): (due ms, seq). Messages to a `blocked`
-    /// upstream (down, its probe not due) are left out by the embedded store; the Redis
-    /// store returns them too (the scheduler skips them).
+    /// upstream (down, its probe not due) are left out. The Redis store answers with the
+    /// messages this replica has taken from its streams (and gives new ones their share
+    /// itself: nothing for `newest_first`).
     async fn due(
         &self,
         now_ms: u64,

@@ -1,34 +1,46 @@
 //! The shared spool (`spool.backend: redis`): several replicas keep their messages in the Redis
 //! the replay guard already uses, under its prefix plus `spool:`, and deliver them between
-//! them.
+//! them through Redis Streams and a consumer group.
 //!
 //! Keys (`P` = `replay.redis_prefix` + `spool:`):
 //! - `P m:<seq>`: a message, a hash: its envelope (JSON), body, upstream, state (`queued` or
 //!   `dead`), attempts, finished attempts, client errors, ambiguous attempts, when it is next
-//!   due, its last result, its size, and `holder`: the replica delivering it right now;
-//! - `P due`: the queued messages by when they are due (a sorted set, members the sequence
-//!   number zero-padded, so that messages due at the same time go in arrival order);
+//!   due, its last result, its size, `entry`: the stream entry it is on (none while it waits in
+//!   its schedule), and `holder`: the replica that started its last attempt;
+//! - `P s:new`: a stream, every message enqueued, in arrival order; `P s:due`: a stream, the
+//!   messages whose time came in their schedule. Both are read by the consumer group
+//!   `deliver`, each replica a consumer;
+//! - `P at:<upstream>`: a schedule, the queued messages to that upstream waiting for a time
+//!   (a retry's backoff, `Retry-After`, a down upstream's backlog), by due time (members the
+//!   sequence number zero-padded, so that messages due at once go in arrival order);
+//!   `P upstreams`: the upstreams with a schedule;
 //! - `P queued`, `P dead`: the messages of each state in arrival order (sorted sets);
 //! - `P d:<key>`: a message key seen, for `dedup_ttl` (Redis expires it);
 //! - `P meta`: counters (the next sequence number; queued and dead counts and bytes; the
-//!   totals enqueued, delivered and ambiguous).
+//!   totals enqueued, delivered and ambiguous; new messages not read yet).
 //!
 //! Every change is one Lua script, so it is atomic: an enqueue checks every key of the
-//! message and the `max_bytes` bound and writes the message and its keys, or nothing; a copy
-//! sent to any replica is a duplicate.
+//! message and the `max_bytes` bound and writes the message, its keys and its stream entry,
+//! or nothing; a copy sent to any replica is a duplicate.
 //!
-//! **Leases, not a consumer group.** An attempt starts with a script that takes the message
-//! only if it is due, records the attempt and the replica, and moves the message's due time to
-//! the end of its lease (`spool.redis_lease`, longer than an attempt can last). No other
-//! replica sees it due until then. The attempt's result is recorded only while the attempt is
-//! still the message's last one and the replica still its holder. A replica that dies
-//! mid-delivery records nothing: when its lease ends, the message is due again, any replica
-//! takes it, and the unfinished attempt is counted ambiguous (it may have reached the
-//! application). This is what a stream's consumer group gives (pending entries, `XAUTOCLAIM`
-//! after an idle time), but in the one structure the scheduler needs anyway for retries with
-//! backoff, `Retry-After`, waking a recovered upstream's backlog and oldest-due-first order,
-//! which a stream (delivered in arrival order) cannot express; and the delivery code is the
-//! same as the embedded store's.
+//! **Who delivers what: the consumer group.** A replica takes messages with one script
+//! (`XREADGROUP`): each is then an entry pending to it, which no other replica reads. It first
+//! claims entries pending to a replica for longer than the lease (`spool.redis_lease`, longer
+//! than an attempt can last: `XAUTOCLAIM`), which only a dead replica leaves; then a quarter
+//! from the new messages, so that a draining backlog does not starve them; then the due
+//! messages of each upstream that is not down, moved from its schedule onto the due stream and
+//! read at once; then more new messages. An attempt starts with a script that checks the
+//! entry is still pending to this replica, restarts its idle time (`XCLAIM`: the lease runs
+//! from the attempt's start) and records the attempt. Its result acknowledges and deletes the
+//! entry (`XACK`, `XDEL`) and deletes the message, or puts it in its upstream's schedule for
+//! the next attempt, or dead-letters it; it is recorded only while the attempt is still the
+//! message's last and the replica still its holder. A replica that dies mid-delivery records
+//! nothing: once its entry has been idle for the lease, another replica claims it and the
+//! unfinished attempt is counted ambiguous (it may have reached the application).
+//!
+//! A down upstream's messages wait in its schedule: entries of it read meanwhile are set back
+//! there, and its schedule is not read until its probe is due. Each upstream has its own
+//! schedule, so however long one's backlog grows, the others' messages are not behind it.
 //!
 //! The scripts name keys they compute (the sequence number is made in the script), so the
 //! spool needs one Redis (a primary with replicas, Sentinel), not Redis Cluster.
@@ -37,12 +49,12 @@
 //! do; every call is bounded by `replay.redis_timeout`. Messages and errors never carry the
 //! Redis URL (it may hold a password).
 //!
-//! Longer than 500 lines: the six Lua scripts that make each operation one atomic step (about
-//! 160 lines), the start-time durability checks, and the backend's operations, which read
-//! best in one file next to the scripts they call.
+//! Longer than 500 lines: the Lua scripts that make each operation one atomic step (about 330
+//! lines), the start-time durability checks, and the backend's operations, which read best in
+//! one file next to the scripts they call.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -57,10 +69,32 @@ use super::{
 };
 use crate::config::{RedisSettings, SpoolSettings};
 
-/// ARGV: prefix, now, max bytes, dedup TTL (ms), bytes, envelope, body, upstream, received,
-/// number of keys, keys. Returns the sequence number; -1 a duplicate; -2 full.
-const ENQUEUE: &str = r"
+/// Lua shared by the scripts: the stream an entry (`n<id>` or `d<id>`) is on, and letting go
+/// of a message's entry (acknowledged and deleted; a no-op when it has none).
+const COMMON: &str = r"
 local P = ARGV[1]
+local function stream_of(tag)
+  if tag == 'n' then return P .. 's:new' end
+  return P .. 's:due'
+end
+local function drop_entry(m)
+  local e = redis.call('HGET', m, 'entry')
+  if e and e ~= '' then
+    local s, id = stream_of(string.sub(e, 1, 1)), string.sub(e, 2)
+    redis.call('XACK', s, 'deliver', id)
+    redis.call('XDEL', s, id)
+  end
+end
+local function schedule(up, at, member)
+  redis.call('ZADD', P .. 'at:' .. up, at, member)
+  redis.call('SADD', P .. 'upstreams', up)
+end
+";
+
+/// ARGV: prefix, now, max bytes, dedup TTL (ms), bytes, envelope, body, upstream, received,
+/// number of keys, keys. Returns the sequence number; -1 a duplicate; -2 full. The message
+/// goes onto the stream of new messages.
+const ENQUEUE: &str = r"
 local n = tonumber(ARGV[10])
 for i = 1, n do
   if redis.call('EXISTS', P .. 'd:' .. ARGV[10 + i]) == 1 then return -1 end
@@ -72,38 +106,164 @@ local held = tonumber(redis.call('HGET', meta, 'queued_bytes') or '0')
 if held + bytes > tonumber(ARGV[3]) then return -2 end
 local seq = redis.call('HINCRBY', meta, 'next_seq', 1)
 local member = string.format('%020d', seq)
+local id = redis.call('XADD', P .. 's:new', '*', 'seq', seq, 'up', ARGV[8])
 redis.call('HSET', P .. 'm:' .. seq, 'env', ARGV[6], 'body', ARGV[7], 'upstream', ARGV[8],
   'state', 'queued', 'attempts', 0, 'finished', 0, 'client_errors', 0, 'ambiguous', 0,
-  'next_ms', ARGV[2], 'received', ARGV[9], 'bytes', bytes, 'holder', '')
-redis.call('ZADD', P .. 'due', ARGV[2], member)
+  'next_ms', ARGV[2], 'received', ARGV[9], 'bytes', bytes, 'holder', '', 'entry', 'n' .. id)
 redis.call('ZADD', P .. 'queued', seq, member)
 redis.call('HINCRBY', meta, 'queued', 1)
 redis.call('HINCRBY', meta, 'queued_bytes', bytes)
 redis.call('HINCRBY', meta, 'enqueued_total', 1)
+redis.call('HINCRBY', meta, 'unread_new', 1)
 for i = 1, n do
   redis.call('SET', P .. 'd:' .. ARGV[10 + i], seq, 'PX', ARGV[4])
 end
 return seq
 ";
 
-/// ARGV: prefix, seq, now, lease end, holder. Returns the attempts counted ambiguous now (the
-/// previous one had not finished) and the message (HGETALL), or nil when it is not queued or
-/// not due (another replica holds it).
+/// ARGV: prefix, now, consumer, lease (ms), how many, number of blocked upstreams, their
+/// names. Takes up to that many messages for this replica (the consumer), each an entry
+/// pending to it in the group `deliver`: first the entries of replicas idle longer than the
+/// lease (`XAUTOCLAIM`: a dead replica's), then a quarter from the new messages' stream, then
+/// the due messages of each upstream not blocked (moved from its schedule onto the due stream
+/// and read at once), then new messages again for the room left. Entries of a blocked
+/// upstream read meanwhile are set back in its schedule. Returns {claimed, new, due}, each a
+/// list of {entry, seq, upstream}.
+const TAKE: &str = r"
+local now = tonumber(ARGV[2])
+local consumer = ARGV[3]
+local want = tonumber(ARGV[5])
+local blocked = {}
+for i = 1, tonumber(ARGV[6]) do blocked[ARGV[6 + i]] = true end
+local function park(tag, id, seq, up)
+  local s = stream_of(tag)
+  redis.call('XACK', s, 'deliver', id)
+  redis.call('XDEL', s, id)
+  local m = P .. 'm:' .. seq
+  local f = redis.call('HMGET', m, 'state', 'entry', 'next_ms')
+  if f[1] == 'queued' and f[2] == tag .. id then
+    redis.call('HSET', m, 'entry', '')
+    schedule(up, tonumber(f[3]) or now, string.format('%020d', tonumber(seq)))
+  end
+end
+local function keep(out, tag, entries)
+  for _, e in ipairs(entries) do
+    local id, f = e[1], e[2]
+    if type(e) == 'table' and f then
+      local seq, up
+      for i = 1, #f, 2 do
+        if f[i] == 'seq' then seq = f[i + 1] elseif f[i] == 'up' then up = f[i + 1] end
+      end
+      if seq and up then
+        if blocked[up] then park(tag, id, seq, up)
+        else table.insert(out, {tag .. id, seq, up}) end
+      end
+    end
+  end
+end
+-- Whether the new messages' stream was read to its end.
+local drained = false
+local function read(out, tag, count)
+  if count <= 0 then return 0 end
+  local r = redis.call('XREADGROUP', 'GROUP', 'deliver', consumer, 'COUNT', count,
+    'STREAMS', stream_of(tag), '>')
+  local got = 0
+  if r and r[1] then
+    keep(out, tag, r[1][2])
+    got = #r[1][2]
+  end
+  if tag == 'n' and got < count then drained = true end
+  return got
+end
+local claimed, new, due = {}, {}, {}
+for _, tag in ipairs({'n', 'd'}) do
+  local r = redis.call('XAUTOCLAIM', stream_of(tag), 'deliver', consumer, ARGV[4], '0-0',
+    'COUNT', want)
+  keep(claimed, tag, r[2])
+end
+local meta = P .. 'meta'
+local read_new = read(new, 'n', math.ceil(want / 4))
+local room = want - #claimed - #new
+if room > 0 then
+  local ups = {}
+  for _, up in ipairs(redis.call('SMEMBERS', P .. 'upstreams')) do
+    if not blocked[up] then table.insert(ups, up) end
+  end
+  local moved = 0
+  if #ups > 0 then
+    local per = math.ceil(room / #ups)
+    for _, up in ipairs(ups) do
+      local at = P .. 'at:' .. up
+      for _, member in ipairs(redis.call('ZRANGEBYSCORE', at, '-inf', now, 'LIMIT', 0, per)) do
+        redis.call('ZREM', at, member)
+        local seq = tonumber(member)
+        local m = P .. 'm:' .. seq
+        if redis.call('HGET', m, 'state') == 'queued' then
+          local id = redis.call('XADD', P .. 's:due', '*', 'seq', seq, 'up', up)
+          redis.call('HSET', m, 'entry', 'd' .. id)
+          moved = moved + 1
+        end
+      end
+      if redis.call('ZCARD', at) == 0 then redis.call('SREM', P .. 'upstreams', up) end
+    end
+  end
+  read(due, 'd', math.max(moved, 1))
+end
+room = want - #claimed - #new - #due
+read_new = read_new + read(new, 'n', room)
+local unread = tonumber(redis.call('HGET', meta, 'unread_new') or '0') - read_new
+if unread < 0 or drained then unread = 0 end
+redis.call('HSET', meta, 'unread_new', unread)
+return {claimed, new, due}
+";
+
+/// ARGV: prefix, consumer, then entry, seq, upstream of each message taken but not started
+/// whose upstream is now blocked: set back in its schedule (unless another replica took it
+/// over meanwhile). Returns how many.
+const PARK: &str = r"
+local consumer = ARGV[2]
+local n = 0
+for i = 3, #ARGV, 3 do
+  local tag, id = string.sub(ARGV[i], 1, 1), string.sub(ARGV[i], 2)
+  local s = stream_of(tag)
+  if #redis.call('XPENDING', s, 'deliver', id, id, 1, consumer) > 0 then
+    redis.call('XACK', s, 'deliver', id)
+    redis.call('XDEL', s, id)
+    local m = P .. 'm:' .. ARGV[i + 1]
+    local f = redis.call('HMGET', m, 'state', 'entry', 'next_ms')
+    if f[1] == 'queued' and f[2] == ARGV[i] then
+      redis.call('HSET', m, 'entry', '')
+      schedule(ARGV[i + 2], tonumber(f[3]), string.format('%020d', tonumber(ARGV[i + 1])))
+      n = n + 1
+    end
+  end
+end
+return n
+";
+
+/// ARGV: prefix, seq, entry, consumer. Returns the attempts counted ambiguous now (the
+/// previous one had not finished) and the message (HGETALL), or nil when the entry is no
+/// longer pending to this replica (taken over) or no longer the message's (purged, or
+/// retried by hand). The entry's idle time starts over: the lease runs from now.
 const START: &str = r"
-local P = ARGV[1]
+local tag, id = string.sub(ARGV[3], 1, 1), string.sub(ARGV[3], 2)
+local s = stream_of(tag)
+if #redis.call('XPENDING', s, 'deliver', id, id, 1, ARGV[4]) == 0 then return false end
 local m = P .. 'm:' .. ARGV[2]
-local member = string.format('%020d', tonumber(ARGV[2]))
-if redis.call('HGET', m, 'state') ~= 'queued' then return false end
-local due = redis.call('ZSCORE', P .. 'due', member)
-if not due or tonumber(due) > tonumber(ARGV[3]) then return false end
+local f = redis.call('HMGET', m, 'state', 'entry')
+if f[1] ~= 'queued' or f[2] ~= ARGV[3] then
+  redis.call('XACK', s, 'deliver', id)
+  redis.call('XDEL', s, id)
+  return false
+end
+redis.call('XCLAIM', s, 'deliver', ARGV[4], 0, id, 'JUSTID')
 local attempts = tonumber(redis.call('HGET', m, 'attempts'))
 local unknown = attempts - tonumber(redis.call('HGET', m, 'finished'))
 if unknown > 0 then
   redis.call('HINCRBY', m, 'ambiguous', unknown)
   redis.call('HINCRBY', P .. 'meta', 'ambiguous_total', unknown)
 end
-redis.call('HSET', m, 'attempts', attempts + 1, 'finished', attempts, 'holder', ARGV[5])
-redis.call('ZADD', P .. 'due', ARGV[4], member)
+redis.call('HSET', m, 'attempts', attempts + 1, 'finished', attempts, 'holder', ARGV[4])
 return {unknown, redis.call('HGETALL', m)}
 ";
 
@@ -111,35 +271,34 @@ return {unknown, redis.call('HGETALL', m)}
 /// client error (0/1), ambiguous (0/1), reason. Returns 1 recorded, 0 ignored (the attempt
 /// is not the message's last one, or another replica holds it).
 const FINISH: &str = r"
-local P = ARGV[1]
 local seq = tonumber(ARGV[2])
 local m = P .. 'm:' .. ARGV[2]
 local member = string.format('%020d', seq)
 local meta = P .. 'meta'
-local f = redis.call('HMGET', m, 'state', 'attempts', 'holder', 'bytes')
+local f = redis.call('HMGET', m, 'state', 'attempts', 'holder', 'bytes', 'upstream')
 if f[1] ~= 'queued' or tonumber(f[2]) ~= tonumber(ARGV[3]) or f[3] ~= ARGV[4] then
   return 0
 end
 local bytes = tonumber(f[4])
+drop_entry(m)
 if ARGV[5] == 'delivered' then
   redis.call('DEL', m)
-  redis.call('ZREM', P .. 'due', member)
   redis.call('ZREM', P .. 'queued', member)
   redis.call('HINCRBY', meta, 'queued', -1)
   redis.call('HINCRBY', meta, 'queued_bytes', -bytes)
   redis.call('HINCRBY', meta, 'delivered_total', 1)
 elseif ARGV[5] == 'retry' then
-  redis.call('HSET', m, 'finished', ARGV[3], 'next_ms', ARGV[6], 'last', ARGV[7], 'holder', '')
+  redis.call('HSET', m, 'finished', ARGV[3], 'next_ms', ARGV[6], 'last', ARGV[7], 'holder', '',
+    'entry', '')
   redis.call('HINCRBY', m, 'client_errors', ARGV[8])
   if ARGV[9] == '1' then
     redis.call('HINCRBY', m, 'ambiguous', 1)
     redis.call('HINCRBY', meta, 'ambiguous_total', 1)
   end
-  redis.call('ZADD', P .. 'due', ARGV[6], member)
+  schedule(f[5], ARGV[6], member)
 else
   redis.call('HSET', m, 'finished', ARGV[3], 'state', 'dead', 'reason', ARGV[10],
-    'last', ARGV[7], 'holder', '')
-  redis.call('ZREM', P .. 'due', member)
+    'last', ARGV[7], 'holder', '', 'entry', '')
   redis.call('ZREM', P .. 'queued', member)
   redis.call('ZADD', P .. 'dead', seq, member)
   redis.call('HINCRBY', meta, 'queued', -1)
@@ -150,34 +309,28 @@ end
 return 1
 ";
 
-/// ARGV: prefix, upstream, now. Queued messages to the upstream that no replica is
-/// delivering made due now; returns how many. (A scan of the queued messages: it runs when
-/// an upstream comes back, not per message.)
+/// ARGV: prefix, upstream, now. Every message in the upstream's schedule made due now (it is
+/// back; messages on a stream are already someone's to deliver); returns how many.
 const WAKE: &str = r"
-local P = ARGV[1]
+local at = P .. 'at:' .. ARGV[2]
 local n = 0
-for _, member in ipairs(redis.call('ZRANGE', P .. 'queued', 0, -1)) do
-  local m = P .. 'm:' .. tonumber(member)
-  local f = redis.call('HMGET', m, 'upstream', 'holder', 'next_ms')
-  if f[1] == ARGV[2] and (not f[2] or f[2] == '') and f[3] ~= ARGV[3] then
-    redis.call('ZADD', P .. 'due', ARGV[3], member)
-    redis.call('HSET', m, 'next_ms', ARGV[3])
-    n = n + 1
-  end
+for _, member in ipairs(redis.call('ZRANGE', at, 0, -1)) do
+  redis.call('ZADD', at, ARGV[3], member)
+  redis.call('HSET', P .. 'm:' .. tonumber(member), 'next_ms', ARGV[3])
+  n = n + 1
 end
 return n
 ";
 
-/// ARGV: prefix, seq, now. A dead message queued again, or a queued one made due now (unless
-/// a replica is delivering it: its lease stands); returns 1, or 0 if there is no such
+/// ARGV: prefix, seq, now. A dead message queued again, or a queued one in its schedule made
+/// due now (one on a stream is being delivered already); returns 1, or 0 if there is no such
 /// message.
 const RETRY_ONE: &str = r"
-local P = ARGV[1]
 local seq = tonumber(ARGV[2])
 local m = P .. 'm:' .. ARGV[2]
 local member = string.format('%020d', seq)
 local meta = P .. 'meta'
-local f = redis.call('HMGET', m, 'state', 'bytes', 'holder')
+local f = redis.call('HMGET', m, 'state', 'bytes', 'entry', 'upstream')
 if not f[1] then return 0 end
 if f[1] == 'dead' then
   local bytes = tonumber(f[2])
@@ -187,11 +340,11 @@ if f[1] == 'dead' then
   redis.call('HINCRBY', meta, 'dead_bytes', -bytes)
   redis.call('HINCRBY', meta, 'queued', 1)
   redis.call('HINCRBY', meta, 'queued_bytes', bytes)
-  redis.call('HSET', m, 'state', 'queued', 'holder', '')
+  redis.call('HSET', m, 'state', 'queued', 'holder', '', 'entry', '')
   redis.call('HDEL', m, 'reason')
-  redis.call('ZADD', P .. 'due', ARGV[3], member)
+  schedule(f[4], ARGV[3], member)
 elseif not f[3] or f[3] == '' then
-  redis.call('ZADD', P .. 'due', ARGV[3], member)
+  schedule(f[4], ARGV[3], member)
 end
 redis.call('HSET', m, 'next_ms', ARGV[3], 'client_errors', 0, 'received', ARGV[3])
 return 1
@@ -199,16 +352,16 @@ return 1
 
 /// ARGV: prefix, seq. The message deleted (its keys stay); returns 1, or 0 if there is none.
 const PURGE_ONE: &str = r"
-local P = ARGV[1]
 local m = P .. 'm:' .. ARGV[2]
 local member = string.format('%020d', tonumber(ARGV[2]))
 local meta = P .. 'meta'
-local f = redis.call('HMGET', m, 'state', 'bytes')
+local f = redis.call('HMGET', m, 'state', 'bytes', 'upstream')
 if not f[1] then return 0 end
 local bytes = tonumber(f[2])
+drop_entry(m)
 redis.call('DEL', m)
 if f[1] == 'queued' then
-  redis.call('ZREM', P .. 'due', member)
+  redis.call('ZREM', P .. 'at:' .. f[3], member)
   redis.call('ZREM', P .. 'queued', member)
   redis.call('HINCRBY', meta, 'queued', -1)
   redis.call('HINCRBY', meta, 'queued_bytes', -bytes)
@@ -218,6 +371,74 @@ else
   redis.call('HINCRBY', meta, 'dead_bytes', -bytes)
 end
 return 1
+";
+
+/// ARGV: prefix, now, number of blocked upstreams, their names. When the next message is due
+/// (unix ms): now when new messages wait on their stream; otherwise the earliest in the
+/// schedules of the upstreams not blocked; nil when nothing is queued there.
+const NEXT_DUE: &str = r"
+if tonumber(redis.call('HGET', P .. 'meta', 'unread_new') or '0') > 0 then
+  return tonumber(ARGV[2])
+end
+local blocked = {}
+for i = 1, tonumber(ARGV[3]) do blocked[ARGV[3 + i]] = true end
+local first = false
+for _, up in ipairs(redis.call('SMEMBERS', P .. 'upstreams')) do
+  if not blocked[up] then
+    local r = redis.call('ZRANGE', P .. 'at:' .. up, 0, 0, 'WITHSCORES')
+    if r[2] and (not first or tonumber(r[2]) < first) then first = tonumber(r[2]) end
+  end
+end
+return first
+";
+
+/// ARGV: prefix. The two streams and their group `deliver` made if missing; a spool written
+/// by an older hookguard (one sorted set `due` for every upstream) moved to the per-upstream
+/// schedules.
+const INIT: &str = r"
+for _, tag in ipairs({'n', 'd'}) do
+  redis.pcall('XGROUP', 'CREATE', stream_of(tag), 'deliver', '0', 'MKSTREAM')
+end
+local old = P .. 'due'
+local n = 0
+if redis.call('TYPE', old).ok == 'zset' then
+  local all = redis.call('ZRANGE', old, 0, -1, 'WITHSCORES')
+  for i = 1, #all, 2 do
+    local m = P .. 'm:' .. tonumber(all[i])
+    local up = redis.call('HGET', m, 'upstream')
+    if up then
+      redis.call('HSET', m, 'entry', '')
+      schedule(up, all[i + 1], all[i])
+      n = n + 1
+    end
+  end
+  redis.call('DEL', old)
+end
+return n
+";
+
+/// ARGV: prefix, idle (ms), this replica's name. Consumers (replicas) with nothing pending,
+/// idle longer than that, removed from the group (each restart is a new consumer); returns
+/// how many. Checked and removed in one script: a consumer's pending entries are never
+/// dropped with it.
+const FORGET_CONSUMERS: &str = r"
+local n = 0
+for _, tag in ipairs({'n', 'd'}) do
+  local s = stream_of(tag)
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', s, 'deliver')) do
+    local name, pending, idle
+    for i = 1, #c, 2 do
+      if c[i] == 'name' then name = c[i + 1]
+      elseif c[i] == 'pending' then pending = c[i + 1]
+      elseif c[i] == 'idle' then idle = c[i + 1] end
+    end
+    if name and name ~= ARGV[3] and pending == 0 and idle > tonumber(ARGV[2]) then
+      redis.call('XGROUP', 'DELCONSUMER', s, 'deliver', name)
+      n = n + 1
+    end
+  end
+end
+return n
 ";
 
 /// A message's fields other than its body, as `list` reads them.
@@ -257,19 +478,40 @@ struct Inner {
     /// `replay.redis_prefix` + `spool:`.
     prefix: String,
     timeout: Duration,
-    /// This replica's name on the messages it delivers: host, process id and a random part
-    /// (a restarted process is another replica).
+    /// This replica's name: its consumer in the group, and the holder of the messages it
+    /// delivers: host, process id and a random part (a restarted process is another replica).
     holder: String,
     lease: Duration,
     max_bytes: u64,
     dedup_ttl: Duration,
     on_commit: Box<dyn Fn(Duration) + Send + Sync>,
+    /// Messages taken (pending to this replica) and not started yet, in the order to start
+    /// them. At most what the scheduler asks for (4 × `spool.workers`).
+    taken: Mutex<Vec<Taken>>,
     enqueue: Script,
+    take: Script,
+    park: Script,
     start: Script,
     finish: Script,
     wake: Script,
     retry_one: Script,
     purge_one: Script,
+    next_due: Script,
+    forget_consumers: Script,
+}
+
+/// A message taken from a stream by this replica, waiting for a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Taken {
+    /// The stream entry: `n` (new) or `d` (due), then its id.
+    entry: String,
+    seq: u64,
+    upstream: String,
+}
+
+/// A script: the shared Lua functions, then its own text.
+fn script(body: &str) -> Script {
+    Script::new(&format!("{COMMON}{body}"))
 }
 
 /// The spool's store on Redis, shared by every replica configured with the same Redis and
@@ -342,13 +584,33 @@ impl RedisSpool {
             max_bytes: settings.max_bytes,
             dedup_ttl: settings.dedup_ttl,
             on_commit,
-            enqueue: Script::new(ENQUEUE),
-            start: Script::new(START),
-            finish: Script::new(FINISH),
-            wake: Script::new(WAKE),
-            retry_one: Script::new(RETRY_ONE),
-            purge_one: Script::new(PURGE_ONE),
+            taken: Mutex::new(Vec::new()),
+            enqueue: script(ENQUEUE),
+            take: script(TAKE),
+            park: script(PARK),
+            start: script(START),
+            finish: script(FINISH),
+            wake: script(WAKE),
+            retry_one: script(RETRY_ONE),
+            purge_one: script(PURGE_ONE),
+            next_due: script(NEXT_DUE),
+            forget_consumers: script(FORGET_CONSUMERS),
         };
+        let migrated = runtime.block_on(async {
+            let mut conn = inner.conn.clone();
+            let init = script(INIT);
+            let mut call = init.prepare_invoke();
+            call.arg(&inner.prefix);
+            inner.bounded(call.invoke_async::<u64>(&mut conn)).await
+        });
+        match migrated {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                messages = n,
+                "spool: queued messages moved to the per-upstream schedules of this version"
+            ),
+            Err(e) => return Err(format!("cannot prepare the spool's streams in Redis: {e}")),
+        }
         Ok(RedisSpool {
             inner: Arc::new(inner),
             handle: runtime.handle().clone(),
@@ -573,17 +835,35 @@ impl Inner {
         }
     }
 
+    /// Starts an attempt of a message this replica took; `None` when it did not take it, or
+    /// it was taken over meanwhile (it waited longer than the lease), purged or retried by
+    /// hand.
     async fn start(&self, seq: u64) -> Result<Option<Started>, SpoolError> {
+        let taken = {
+            let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+            match taken.iter().position(|t| t.seq == seq) {
+                Some(i) => taken.remove(i),
+                None => return Ok(None),
+            }
+        };
         let mut conn = self.conn.clone();
-        let now = now_ms();
-        let lease_end = now.saturating_add(super::ms(self.lease));
         let mut call = self.start.prepare_invoke();
         call.arg(&self.prefix)
             .arg(seq)
-            .arg(now)
-            .arg(lease_end)
+            .arg(&taken.entry)
             .arg(&self.holder);
-        let reply: Option<(i64, Vec<Vec<u8>>)> = self.bounded(call.invoke_async(&mut conn)).await?;
+        let reply: Option<(i64, Vec<Vec<u8>>)> =
+            match self.bounded(call.invoke_async(&mut conn)).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    // Still pending to this replica: tried again at the next dispatch.
+                    self.taken
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(0, taken);
+                    return Err(e);
+                }
+            };
         let Some((unknown, flat)) = reply else {
             return Ok(None);
         };
@@ -597,6 +877,68 @@ impl Inner {
         // The previous attempt never finished: its replica died (or lost its lease) while
         // the application may have had the message.
         Ok(Some((Box::new(record), body, unknown > 0)))
+    }
+
+    /// The messages taken and not started, after taking more when there is room for them:
+    /// those of an upstream now `blocked` are set back in its schedule first.
+    async fn due(&self, limit: usize, blocked: &[String]) -> Result<Vec<u64>, SpoolError> {
+        let (parked, room) = {
+            let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+            let (parked, kept): (Vec<Taken>, Vec<Taken>) = std::mem::take(&mut *taken)
+                .into_iter()
+                .partition(|t| blocked.contains(&t.upstream));
+            *taken = kept;
+            (parked, limit.saturating_sub(taken.len()))
+        };
+        let mut conn = self.conn.clone();
+        if !parked.is_empty() {
+            let mut call = self.park.prepare_invoke();
+            call.arg(&self.prefix).arg(&self.holder);
+            for t in &parked {
+                call.arg(&t.entry).arg(t.seq).arg(&t.upstream);
+            }
+            // When this fails the entries stay pending to this replica and are claimed again
+            // after the lease.
+            let _: u64 = self.bounded(call.invoke_async(&mut conn)).await?;
+        }
+        if room > 0 {
+            let mut call = self.take.prepare_invoke();
+            call.arg(&self.prefix)
+                .arg(now_ms())
+                .arg(&self.holder)
+                .arg(super::ms(self.lease))
+                .arg(room)
+                .arg(blocked.len());
+            for b in blocked {
+                call.arg(b);
+            }
+            type Entries = Vec<(String, u64, String)>;
+            let (claimed, new, due): (Entries, Entries, Entries) =
+                self.bounded(call.invoke_async(&mut conn)).await?;
+            let as_taken = |(entry, seq, upstream): (String, u64, String)| Taken {
+                entry,
+                seq,
+                upstream,
+            };
+            // Claimed ones first (they have waited longest), then three due to one new.
+            let mut order: Vec<Taken> = claimed.into_iter().map(as_taken).collect();
+            let mut new = new.into_iter().map(as_taken);
+            for (i, t) in due.into_iter().map(as_taken).enumerate() {
+                order.push(t);
+                if i % 3 == 2 {
+                    order.extend(new.next());
+                }
+            }
+            order.extend(new);
+            let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+            for t in order {
+                if !taken.iter().any(|have| have.seq == t.seq) {
+                    taken.push(t);
+                }
+            }
+        }
+        let taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(taken.iter().map(|t| t.seq).collect())
     }
 }
 
@@ -699,53 +1041,74 @@ impl SpoolBackend for RedisSpool {
         .await
     }
 
-    /// Redis forgets the keys itself (each is written with `dedup_ttl`).
+    /// Redis forgets the keys itself (each is written with `dedup_ttl`). Replicas gone for
+    /// long (nothing pending, idle for 10 leases) are removed from the consumer group.
     async fn sweep(&self) -> Result<usize, SpoolError> {
-        Ok(0)
+        self.run(move |inner| async move {
+            let mut conn = inner.conn.clone();
+            let mut call = inner.forget_consumers.prepare_invoke();
+            call.arg(&inner.prefix)
+                .arg(super::ms(inner.lease).saturating_mul(10))
+                .arg(&inner.holder);
+            let n: u64 = inner.bounded(call.invoke_async(&mut conn)).await?;
+            if n > 0 {
+                tracing::info!(
+                    consumers = n,
+                    "spool: replicas gone removed from the consumer group"
+                );
+            }
+            Ok(0)
+        })
+        .await
     }
 
+    /// The messages this replica has taken from the streams (pending to it) and not started,
+    /// after taking more: they are this replica's to deliver, in the order to start them.
+    /// `newest_first` asks for nothing: new messages have their own stream and a quarter of
+    /// what is taken.
     async fn due(
         &self,
         now_ms: u64,
         limit: usize,
         newest_first: bool,
-        // One sorted set for every upstream: a down upstream's messages are returned too, and
-        // skipped by the scheduler.
-        _blocked: &[String],
+        blocked: &[String],
     ) -> Result<Vec<(u64, u64)>, SpoolError> {
-        self.run(move |inner| async move {
-            let mut conn = inner.conn.clone();
-            let mut cmd = if newest_first {
-                let mut c = redis::cmd("ZREVRANGEBYSCORE");
-                c.arg(inner.key("due")).arg(now_ms).arg("-inf");
-                c
-            } else {
-                let mut c = redis::cmd("ZRANGEBYSCORE");
-                c.arg(inner.key("due")).arg("-inf").arg(now_ms);
-                c
-            };
-            cmd.arg("WITHSCORES").arg("LIMIT").arg(0).arg(limit);
-            let found: Vec<(String, f64)> = inner.bounded(cmd.query_async(&mut conn)).await?;
-            Ok(found
-                .into_iter()
-                .filter_map(|(m, at)| Some((at as u64, m.parse().ok()?)))
-                .collect())
-        })
-        .await
+        if newest_first {
+            return Ok(Vec::new());
+        }
+        let blocked = blocked.to_vec();
+        let seqs = self
+            .run(move |inner| async move { inner.due(limit, &blocked).await })
+            .await?;
+        Ok(seqs.into_iter().map(|seq| (now_ms, seq)).collect())
     }
 
-    async fn next_due(&self, _blocked: &[String]) -> Result<Option<u64>, SpoolError> {
+    async fn next_due(&self, blocked: &[String]) -> Result<Option<u64>, SpoolError> {
+        let blocked = blocked.to_vec();
         self.run(move |inner| async move {
             let mut conn = inner.conn.clone();
-            let mut cmd = redis::cmd("ZRANGE");
-            cmd.arg(inner.key("due")).arg(0).arg(0).arg("WITHSCORES");
-            let first: Vec<(String, f64)> = inner.bounded(cmd.query_async(&mut conn)).await?;
-            Ok(first.first().map(|(_, at)| *at as u64))
+            let mut call = inner.next_due.prepare_invoke();
+            call.arg(&inner.prefix).arg(now_ms()).arg(blocked.len());
+            for b in &blocked {
+                call.arg(b);
+            }
+            inner.bounded(call.invoke_async(&mut conn)).await
         })
         .await
     }
 
     async fn upstream_of(&self, seq: u64) -> Result<Option<String>, SpoolError> {
+        let known = self
+            .inner
+            .taken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|t| t.seq == seq)
+            .map(|t| t.upstream.clone());
+        if known.is_some() {
+            return Ok(known);
+        }
         self.run(move |inner| async move {
             let mut conn = inner.conn.clone();
             let mut cmd = redis::cmd("HGET");
