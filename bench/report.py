@@ -21,6 +21,7 @@ DESCRIBE = {
     "hookguard-t1-spool": "hookguard threads 1, `spool: true` (each message fsync'd before its 202; delivered after)",
     "hookguard-t1-alt": "hookguard threads 1, alternative: {alt}",
     "hookguard-t1-spool-alt": "hookguard threads 1, `spool: true`, alternative: {alt}",
+    "hookguard-t1-spool-redis": "hookguard threads 1, `spool: true` on Redis (replay and queue in a local redis-server, `appendfsync always`; CPU includes the redis-server's)",
     "hookguard-t1-stripe": "hookguard threads 1, Stripe JSON (pretty-printed), verify + replay + JSON",
     "hookguard-t1-standard": "hookguard threads 1, Standard Webhooks JSON, verify + replay + JSON",
 }
@@ -138,6 +139,7 @@ def main():
     rel("hookguard-t1", "hookguard-t1-alt", "alternative ÷ hookguard threads 1")
     rel("hookguard-t1", "hookguard-t1-spool", "spool on ÷ off (the spool issue's target: ≥ 0.8×)")
     rel("hookguard-t1-spool", "hookguard-t1-spool-alt", "spool, alternative ÷ this build")
+    rel("hookguard-t1", "hookguard-t1-spool-redis", "spool on Redis ÷ spool off (embedded replay)")
     out.extend(notes)
     out.append("")
     out.append("Ratios are taken within each round (both sides under the same background load), "

@@ -54,6 +54,7 @@
 //! one file next to the scripts they call.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,8 +149,10 @@ local function park(tag, id, seq, up)
 end
 local function keep(out, tag, entries)
   for _, e in ipairs(entries) do
-    local id, f = e[1], e[2]
-    if type(e) == 'table' and f then
+    -- (a deleted entry that XAUTOCLAIM returns is not a table in Redis 6.2)
+    local id, f = nil, nil
+    if type(e) == 'table' then id, f = e[1], e[2] end
+    if f then
       local seq, up
       for i = 1, #f, 2 do
         if f[i] == 'seq' then seq = f[i + 1] elseif f[i] == 'up' then up = f[i + 1] end
@@ -488,6 +491,9 @@ struct Inner {
     /// Messages taken (pending to this replica) and not started yet, in the order to start
     /// them. At most what the scheduler asks for (4 × `spool.workers`).
     taken: Mutex<Vec<Taken>>,
+    /// How many the scheduler last asked for: while that many are taken and waiting, the
+    /// scheduler waits for a worker, not for Redis.
+    wanted: AtomicUsize,
     enqueue: Script,
     take: Script,
     park: Script,
@@ -585,6 +591,7 @@ impl RedisSpool {
             dedup_ttl: settings.dedup_ttl,
             on_commit,
             taken: Mutex::new(Vec::new()),
+            wanted: AtomicUsize::new(usize::MAX),
             enqueue: script(ENQUEUE),
             take: script(TAKE),
             park: script(PARK),
@@ -882,6 +889,7 @@ impl Inner {
     /// The messages taken and not started, after taking more when there is room for them:
     /// those of an upstream now `blocked` are set back in its schedule first.
     async fn due(&self, limit: usize, blocked: &[String]) -> Result<Vec<u64>, SpoolError> {
+        self.wanted.store(limit, Ordering::Relaxed);
         let (parked, room) = {
             let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
             let (parked, kept): (Vec<Taken>, Vec<Taken>) = std::mem::take(&mut *taken)
@@ -1084,6 +1092,20 @@ impl SpoolBackend for RedisSpool {
     }
 
     async fn next_due(&self, blocked: &[String]) -> Result<Option<u64>, SpoolError> {
+        // Every worker busy with what this replica has taken: the scheduler is woken when one
+        // is free, and asking Redis meanwhile (new messages wait: due now) would only make it
+        // look again every few milliseconds.
+        let waiting = self
+            .inner
+            .taken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|t| !blocked.contains(&t.upstream))
+            .count();
+        if waiting > 0 && waiting >= self.inner.wanted.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let blocked = blocked.to_vec();
         self.run(move |inner| async move {
             let mut conn = inner.conn.clone();
