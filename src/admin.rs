@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use base64::Engine;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
@@ -150,7 +151,7 @@ impl AdminApp {
                 match store.get(seq).await {
                     Ok(Some((record, body))) => Ok(serde_json::json!({
                         "message": record,
-                        "body_base64": crate::providers::base64(&body),
+                        "body_base64": base64::engine::general_purpose::STANDARD.encode(&body),
                     })),
                     Ok(None) => {
                         return json(

@@ -99,16 +99,18 @@ async fn serve(gw: Arc<Gateway>, stream: Stream, mut shutdown: ShutdownWatch) {
     });
     let conn = http.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
+    // hookguard's own drain (it exits once every connection is closed), or Pingora's shutdown
+    // at the end of its grace period.
+    let stopping = async {
+        tokio::select! {
+            _ = gw.drained() => {}
+            _ = shutdown_started(&mut shutdown) => {}
+        }
+    };
     tokio::select! {
         _ = conn.as_mut() => {}
-        // hookguard's own drain (it exits once every connection is closed), or Pingora's
-        // shutdown at the end of its grace period.
-        _ = gw.drained() => {
+        _ = stopping => {
             // Idle: closed now; mid-request: closed once its answer is written.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-        _ = shutdown_started(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
