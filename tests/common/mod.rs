@@ -905,3 +905,31 @@ pub fn assert_queued(resp: &HttpResponse) -> String {
     assert_eq!(v["status"], "queued");
     v["id"].as_str().expect("an id").to_owned()
 }
+
+/// Two spooled routes: `/mg` to an upstream that is down, `/ok` to `up`, which answers its
+/// message's first attempt 429 (set by the caller) so that it is due again about a second
+/// later (`spool.backoff_*` 1 s, 1 worker). While `/mg` messages keep arriving, `/ok`'s retry
+/// is delivered: a down upstream's backlog does not hold up another upstream's messages.
+pub fn assert_a_down_backlog_does_not_hold_up_another_upstream(proxy: &Proxy, up: &Upstream) {
+    let send_down = || post(proxy.port, "/mg", &[JSON], &mg_json(&token()));
+    for _ in 0..10 {
+        assert_queued(&send_down());
+    }
+    proxy.log_when(|l| l.contains("delivery stops"));
+    let body = mg_json_at(MG_KEY, now(), &token(), "opened");
+    assert_queued(&post(proxy.port, "/ok", &[JSON], &body));
+    eventually(Duration::from_secs(2), "the first attempt (429)", || {
+        up.count() == 1
+    });
+    // The down upstream's messages keep coming for 3 s; the retry is due after ~1 s.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until && up.count() < 2 {
+        assert_queued(&send_down());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        up.count(),
+        2,
+        "the up upstream's message was retried and delivered"
+    );
+}
