@@ -122,12 +122,19 @@ def main():
     out.append("")
     notes = []
 
+    def done(x):
+        """Requests per second; for a spooled row, accepted *and delivered*."""
+        if x.get("drain_s", "-") not in ("-", ""):
+            return float(x["rps"]) * float(x["duration_s"]) / (
+                float(x["duration_s"]) + float(x["drain_s"]))
+        return float(x["rps"])
+
     def rel(a, b, label):
         r = []
-        ra = {x["round"]: float(x["rps"]) for x in by.get(a, [])}
+        ra = {x["round"]: done(x) for x in by.get(a, [])}
         for x in by.get(b, []):
             if x["round"] in ra and ra[x["round"]] > 0:
-                r.append(float(x["rps"]) / ra[x["round"]])
+                r.append(done(x) / ra[x["round"]])
         if r:
             notes.append(f"- {label}: {med(r):.2f}×{spread(r, '{:.2f}')}")
 

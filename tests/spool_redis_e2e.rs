@@ -435,6 +435,10 @@ fn a_message_queued_by_the_previous_version_is_delivered_after_the_upgrade() {
         upstream.received()[1].header("x-webhook-id"),
         Some(id.as_str())
     );
+    // The result is recorded (and the entry let go of) once the application has answered.
+    eventually(Duration::from_secs(3), "recorded", || {
+        stats(&proxy)["delivered_total"] == 2
+    });
     assert_streams_empty(&mut conn, &prefix);
 }
 
