@@ -802,3 +802,68 @@ fn while_the_app_is_down_one_probe_per_step_then_the_backlog_drains_once() {
     let mut conn = redis.conn();
     assert_streams_empty(&mut conn, &prefix);
 }
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn redis_killed_and_restarted_loses_no_queued_message() {
+    // Redis as the spool asks for it: every write in the append-only file before it answers.
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap().to_owned();
+    let Some(mut redis) = TestRedis::private_args(
+        "redis_killed_and_restarted_loses_no_queued_message",
+        &[
+            "--dir",
+            &dir_arg,
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ],
+    ) else {
+        return;
+    };
+    // The application is down while the messages are queued, taken and set back.
+    let port = free_port();
+    let prefix = unique_prefix("spool-redis-restart");
+    let proxy = Proxy::start_config(&replica(
+        &format!("http://127.0.0.1:{port}"),
+        &redis.url,
+        &prefix,
+    ));
+    let mut queued = Vec::new();
+    for _ in 0..10 {
+        queued.push(assert_queued(&send(proxy.port, &token())));
+    }
+    proxy.log_when(|l| l.contains("delivery stops"));
+    std::thread::sleep(Duration::from_millis(300));
+
+    // SIGKILL, then the same server started again on its file.
+    redis.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    redis.start();
+    let upstream = Upstream::on_port(port, Reply::Status(200, "{}"));
+    // (The replica's connection comes back by itself; a call meanwhile may fail.)
+    eventually(Duration::from_secs(15), "every message delivered", || {
+        get(proxy.admin_port, "/spool/stats")
+            .ok()
+            .filter(|r| r.status == 200)
+            .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .is_some_and(|s| s["delivered_total"] == 10)
+    });
+    let got = ids(&upstream);
+    for id in &queued {
+        assert_eq!(
+            got.iter().filter(|g| *g == id).count(),
+            1,
+            "{id} delivered once: {got:?}"
+        );
+    }
+    let s = stats(&proxy);
+    assert_eq!(s["queued"], 0, "{s}");
+    assert_eq!(s["enqueued_total"], 10, "{s}");
+    let mut conn = redis.conn();
+    assert_streams_empty(&mut conn, &prefix);
+}
