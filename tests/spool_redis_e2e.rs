@@ -867,3 +867,49 @@ fn redis_killed_and_restarted_loses_no_queued_message() {
     let mut conn = redis.conn();
     assert_streams_empty(&mut conn, &prefix);
 }
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn after_a_redis_restarted_without_its_data_new_messages_are_delivered() {
+    // A Redis without persistence (allowed by `spool.redis_allow_volatile`) loses the streams
+    // and their consumer group when it restarts: the replica makes them again instead of
+    // accepting messages it would never deliver.
+    let Some(mut redis) =
+        TestRedis::private("after_a_redis_restarted_without_its_data_new_messages_are_delivered")
+    else {
+        return;
+    };
+    let upstream = Upstream::start();
+    let prefix = unique_prefix("spool-volatile-restart");
+    let proxy = Proxy::start_config(&volatile_replica(&upstream.url(), &redis.url, &prefix));
+    assert_queued(&send(proxy.port, &token()));
+    eventually(Duration::from_secs(5), "the first delivered", || {
+        upstream.count() == 1
+    });
+    redis.stop();
+    redis.start();
+    // The first tries may meet the connection coming back: 503, which a provider retries.
+    let body = mg_json(&token());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let r = post(proxy.port, "/mg", &[JSON], &body);
+        if r.status == 202 {
+            break assert_queued(&r);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not accepted again: {}",
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the message after the restart",
+        || ids(&upstream).contains(&id),
+    );
+    proxy.log_when(|l| l.contains("consumer group was missing"));
+}

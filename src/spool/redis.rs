@@ -504,6 +504,7 @@ struct Inner {
     purge_one: Script,
     next_due: Script,
     forget_consumers: Script,
+    init: Script,
 }
 
 /// A message taken from a stream by this replica, waiting for a worker.
@@ -602,14 +603,9 @@ impl RedisSpool {
             purge_one: script(PURGE_ONE),
             next_due: script(NEXT_DUE),
             forget_consumers: script(FORGET_CONSUMERS),
+            init: script(INIT),
         };
-        let migrated = runtime.block_on(async {
-            let mut conn = inner.conn.clone();
-            let init = script(INIT);
-            let mut call = init.prepare_invoke();
-            call.arg(&inner.prefix);
-            inner.bounded(call.invoke_async::<u64>(&mut conn)).await
-        });
+        let migrated = runtime.block_on(inner.init());
         match migrated {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -842,6 +838,15 @@ impl Inner {
         }
     }
 
+    /// Makes the streams and their group if they are missing, and moves a spool of the
+    /// previous layout to this one; returns how many messages were moved.
+    async fn init(&self) -> Result<u64, SpoolError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.init.prepare_invoke();
+        call.arg(&self.prefix);
+        self.bounded(call.invoke_async(&mut conn)).await
+    }
+
     /// Starts an attempt of a message this replica took; `None` when it did not take it, or
     /// it was taken over meanwhile (it waited longer than the lease), purged or retried by
     /// hand.
@@ -921,8 +926,22 @@ impl Inner {
                 call.arg(b);
             }
             type Entries = Vec<(String, u64, String)>;
-            let (claimed, new, due): (Entries, Entries, Entries) =
-                self.bounded(call.invoke_async(&mut conn)).await?;
+            let (claimed, new, due): (Entries, Entries, Entries) = match self
+                .bounded(call.invoke_async(&mut conn))
+                .await
+            {
+                Ok(taken) => taken,
+                // The group is gone: Redis lost its data (restarted without it), or the
+                // keys were deleted. Without it nothing new would ever be delivered.
+                Err(e) if e.to_string().contains("NOGROUP") => {
+                    tracing::warn!(
+                            "spool: the consumer group was missing in Redis (restarted without its data?); made again"
+                        );
+                    self.init().await?;
+                    (Vec::new(), Vec::new(), Vec::new())
+                }
+                Err(e) => return Err(e),
+            };
             let as_taken = |(entry, seq, upstream): (String, u64, String)| Taken {
                 entry,
                 seq,
