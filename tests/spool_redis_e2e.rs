@@ -8,7 +8,9 @@
 //! the streams once delivered; a down upstream's backlog does not hold up another upstream's
 //! messages; while the app is down, one probe per backoff step, then the backlog drains, each
 //! message once; a message queued by the previous version (one sorted set) is delivered after
-//! the upgrade; Redis without an append-only file is refused at start (unless
+//! the upgrade; Redis SIGKILLed and restarted on its append-only file loses no queued message;
+//! after a Redis restarted without its data, the group is made again and new messages are
+//! delivered; Redis without an append-only file is refused at start (unless
 //! allowed), `appendfsync everysec` is warned about, a Redis that denies CONFIG is said to be
 //! unchecked; `spool.backend: redis` without the replay guard's Redis is refused at load.
 //! The long proof (ignored; `scripts/spool_redis_proof.sh`): thousands of messages, two
