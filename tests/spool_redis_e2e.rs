@@ -10,7 +10,8 @@
 //! message once; a message queued by the previous version (one sorted set) is delivered after
 //! the upgrade; Redis SIGKILLed and restarted on its append-only file loses no queued message;
 //! after a Redis restarted without its data, the group is made again and new messages are
-//! delivered; Redis without an append-only file is refused at start (unless
+//! delivered; replicas gone are removed from the group, never one with entries pending;
+//! Redis without an append-only file is refused at start (unless
 //! allowed), `appendfsync everysec` is warned about, a Redis that denies CONFIG is said to be
 //! unchecked; `spool.backend: redis` without the replay guard's Redis is refused at load.
 //! The long proof (ignored; `scripts/spool_redis_proof.sh`): thousands of messages, two
@@ -914,4 +915,87 @@ fn after_a_redis_restarted_without_its_data_new_messages_are_delivered() {
         || ids(&upstream).contains(&id),
     );
     proxy.log_when(|l| l.contains("consumer group was missing"));
+}
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn replicas_gone_are_removed_from_the_group_but_never_with_entries_pending() {
+    let Some(redis) = TestRedis::shared(
+        "replicas_gone_are_removed_from_the_group_but_never_with_entries_pending",
+    ) else {
+        return;
+    };
+    let prefix = unique_prefix("spool-consumers");
+    let settings = hookguard::config::RedisSettings {
+        url: hookguard::secret::Secret::new(redis.url.clone()),
+        display: "test redis".into(),
+        prefix: prefix.clone(),
+        timeout: Duration::from_secs(1),
+        tls: Default::default(),
+    };
+    let spool = hookguard::spool::RedisSpool::open(
+        &settings,
+        &hookguard::config::SpoolSettings::default(),
+        Box::new(|_| {}),
+    )
+    .expect("open");
+    // Two replicas gone: one holding an entry it read and never finished, one holding nothing.
+    let stream = format!("{prefix}spool:s:new");
+    let mut conn = redis.conn();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("seq")
+        .arg(999)
+        .arg("up")
+        .arg("127.0.0.1:9")
+        .query(&mut conn)
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("deliver")
+        .arg("gone-with-pending")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut conn)
+        .unwrap();
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg("deliver")
+        .arg("gone-idle")
+        .query(&mut conn)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let forget = |idle| runtime.block_on(spool.forget_gone_consumers(idle)).unwrap();
+    assert_eq!(forget(Duration::from_secs(60)), 0, "none idle that long");
+    assert_eq!(forget(Duration::from_millis(10)), 1);
+    let consumers: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&stream)
+        .arg("deliver")
+        .query(&mut conn)
+        .unwrap();
+    let names: Vec<String> = consumers
+        .iter()
+        .filter_map(|c| match c.get(1) {
+            Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["gone-with-pending"],
+        "the one holding an entry stays"
+    );
 }
