@@ -175,6 +175,50 @@ fn a_message_is_answered_202_delivered_once_and_a_copy_is_a_duplicate() {
         stats(&proxy)["delivered_total"] == 2
     });
     assert_eq!(stats(&proxy)["dead"], 0);
+
+    // Purged: a dead letter, and a message waiting in its upstream's schedule (the app said
+    // to come back in a minute). Nothing of either is left: record, schedule, stream entry.
+    upstream.script([
+        Reply::WithHeader(500, "x-webhook-abort", "no"),
+        Reply::WithHeader(503, "retry-after", "60"),
+    ]);
+    assert_queued(&send(proxy.port, &token()));
+    eventually(Duration::from_secs(5), "a dead letter", || {
+        stats(&proxy)["dead"] == 1
+    });
+    assert_queued(&send(proxy.port, &token()));
+    eventually(Duration::from_secs(5), "waiting a minute", || {
+        upstream.count() == 5
+    });
+    let schedule = format!(
+        "{prefix}spool:at:{}",
+        upstream.url().trim_start_matches("http://")
+    );
+    eventually(Duration::from_secs(3), "in its schedule", || {
+        redis::cmd("ZCARD")
+            .arg(&schedule)
+            .query::<u64>(&mut redis.conn())
+            .unwrap()
+            == 1
+    });
+    let (code, out, err) = proxy.cli(&["spool", "-c", cfg, "purge", "--all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 message(s) purged"), "{out}");
+    let s = stats(&proxy);
+    assert_eq!(
+        (s["queued"].clone(), s["dead"].clone()),
+        (0.into(), 0.into()),
+        "{s}"
+    );
+    assert_eq!(s["queued_bytes"], 0, "{s}");
+    let left: u64 = redis::cmd("ZCARD").arg(&schedule).query(&mut conn).unwrap();
+    assert_eq!(left, 0, "the schedule");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}spool:m:*"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(keys.is_empty(), "records left: {keys:?}");
+    assert_streams_empty(&mut conn, &prefix);
 }
 
 #[cfg_attr(
