@@ -7,7 +7,7 @@
 //! the other when the lease ends, the interrupted attempt counted ambiguous; nothing is left on
 //! the streams once delivered; a down upstream's backlog does not hold up another upstream's
 //! messages; while the app is down, one probe per backoff step, then the backlog drains, each
-//! message once; a message queued by the previous version (one sorted set) is delivered after
+//! message once; two replicas probe a down upstream once per step between them, not each; a message queued by the previous version (one sorted set) is delivered after
 //! the upgrade; Redis SIGKILLed and restarted on its append-only file loses no queued message;
 //! after a Redis restarted without its data, the group is made again and new messages are
 //! delivered; replicas gone are removed from the group, never one with entries pending;
@@ -846,6 +846,60 @@ fn while_the_app_is_down_one_probe_per_step_then_the_backlog_drains_once() {
         assert!(ids(&upstream).contains(id), "{id} never tried");
     }
     assert_eq!(stats(&proxy)["queued"], 0);
+    let mut conn = redis.conn();
+    assert_streams_empty(&mut conn, &prefix);
+}
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn two_replicas_probe_a_down_upstream_once_per_step_between_them() {
+    let Some(redis) =
+        TestRedis::shared("two_replicas_probe_a_down_upstream_once_per_step_between_them")
+    else {
+        return;
+    };
+    let upstream = Upstream::start();
+    upstream.script(std::iter::repeat_n(Reply::Status(503, "{}"), 1000));
+    let prefix = unique_prefix("spool-shared-probe");
+    let config = || volatile_replica(&upstream.url(), &redis.url, &prefix).set("spool.workers", 4);
+    let a = Proxy::start_config(&config());
+    let b = Proxy::start_config(&config());
+    // Both replicas take messages (new ones are read by whichever asks first) and see the
+    // upstream fail.
+    for i in 0..20 {
+        let port = if i % 2 == 0 { a.port } else { b.port };
+        assert_queued(&send(port, &token()));
+    }
+    // The backoff is at its ceiling by then (100 ms, 200 ms, then 400 ms).
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = upstream.count();
+    let window = Instant::now();
+    std::thread::sleep(Duration::from_millis(2400));
+    let probes = upstream.count() - before;
+    let elapsed = window.elapsed();
+    // One probe per step for the upstream, whichever replica sends it: steps are at least
+    // 320 ms apart (400 ms less 20% of jitter). Each replica probing on its own sends about
+    // twice as many.
+    let bound = 1 + elapsed.as_millis() as usize / 320;
+    assert!(
+        probes <= bound,
+        "{probes} probes in {elapsed:?} (at most {bound}: one per step)"
+    );
+    assert!(probes >= 2, "the upstream was probed: {probes}");
+    let during = upstream.count();
+    upstream.clear_script();
+    // Whichever replica's probe finds it back, both deliver again: the backlog drains, each
+    // message once.
+    eventually(Duration::from_secs(10), "the backlog drained", || {
+        stats(&a)["delivered_total"] == 20
+    });
+    let after: Vec<String> = ids(&upstream)[during..].to_vec();
+    let once: HashSet<&String> = after.iter().collect();
+    assert_eq!(once.len(), after.len(), "each delivered once: {after:?}");
+    assert_eq!(stats(&b)["queued"], 0);
     let mut conn = redis.conn();
     assert_streams_empty(&mut conn, &prefix);
 }

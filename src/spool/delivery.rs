@@ -8,12 +8,10 @@
 //! - another 4xx: retried `client_error_attempts` times, then dead-lettered; the
 //!   application's `abort_header` dead-letters at once; a message older than `max_age` too.
 //!
-//! While an upstream is down (no answer, a connection error, a 5xx), only one message at a
-//! time is tried against it, once per backoff step: a probe. When a probe is answered, every
-//! queued message to that upstream is made due and the backlog drains. The log says when
-//! delivery to an upstream stops and resumes.
+//! While an upstream is down, only its probes are tried, once per backoff step
+//! ([`super::health`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 
+use super::health::{DownUpstreams, Try};
 use super::{ms, now_ms, Finish, Record, SpoolBackend};
 use crate::config::SpoolSettings;
 
@@ -63,24 +62,6 @@ pub trait Observer: Send + Sync + 'static {
     fn ambiguous(&self);
 }
 
-/// A down upstream's state.
-struct Down {
-    since: Instant,
-    step: u32,
-    next_probe: Instant,
-    probing: bool,
-}
-
-/// What the scheduler may do with a message to an upstream.
-enum Try {
-    /// The upstream is up.
-    Now,
-    /// The upstream is down and its next probe is due: this message is the probe.
-    AsProbe,
-    /// The upstream is down; its probe is under way or not due yet.
-    Later,
-}
-
 /// A running attempt's hold on the scheduler: its message in flight, its worker, and (for a
 /// probe) its upstream's probe. Let go of whatever way the attempt ends, an early return or a
 /// panic included, so that neither the message nor the upstream stays blocked. The worker is
@@ -114,10 +95,10 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.seq);
-        if let Some(upstream) = &self.probe {
+        if let Some(upstream) = self.probe.take() {
             // A probe that ended without an answer recorded (its message was gone, or could
             // not be started): the next one may go at its time.
-            d.release_probe(upstream);
+            d.down.release_probe(upstream);
         }
         // The worker is free before the scheduler is woken to use it.
         drop(self.permit.take());
@@ -135,7 +116,7 @@ pub struct Delivery {
     pub wake: Notify,
     workers: Arc<Semaphore>,
     in_flight: Mutex<HashSet<u64>>,
-    down: Mutex<HashMap<String, Down>>,
+    down: DownUpstreams,
 }
 
 impl Delivery {
@@ -146,6 +127,7 @@ impl Delivery {
         observer: Arc<dyn Observer>,
     ) -> Arc<Self> {
         Arc::new(Delivery {
+            down: DownUpstreams::new(Arc::clone(&store), &settings),
             workers: Arc::new(Semaphore::new(settings.workers)),
             store,
             settings,
@@ -153,17 +135,7 @@ impl Delivery {
             observer,
             wake: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
-            down: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// The backoff before attempt `n + 1` (`n` attempts made), with ±20% jitter.
-    fn backoff(&self, n: u32) -> Duration {
-        let base = self.settings.backoff_initial.as_millis() as f64;
-        let max = self.settings.backoff_max.as_millis() as f64;
-        let d = (base * 2f64.powi(n.saturating_sub(1).min(40) as i32)).min(max);
-        let jitter = 0.8 + 0.4 * fraction();
-        Duration::from_millis((d * jitter) as u64)
     }
 
     /// Runs the scheduler until the process ends.
@@ -183,7 +155,7 @@ impl Delivery {
             let wait = match blocked_until {
                 Some(probe) => probe.saturating_duration_since(Instant::now()),
                 None => {
-                    let (blocked, next_probe) = self.blocked();
+                    let (blocked, next_probe) = self.down.blocked();
                     let due_in = match self.store.next_due(&blocked).await {
                         Ok(Some(at)) => Some(Duration::from_millis(at.saturating_sub(now_ms()))),
                         Ok(None) => None,
@@ -207,9 +179,10 @@ impl Delivery {
     /// next probe (the scheduler sleeps until then instead of scanning again).
     async fn dispatch(self: &Arc<Self>) -> Option<Instant> {
         let batch = self.settings.workers * 4;
+        self.down.refresh().await;
         // A down upstream's messages are not asked for until its probe is due: however many
         // there are, they do not stand in front of the other upstreams' (embedded store).
-        let (blocked, _) = self.blocked();
+        let (blocked, _) = self.down.blocked();
         let Ok(mut due) = self.store.due(now_ms(), batch, false, &blocked).await else {
             return None;
         };
@@ -247,7 +220,7 @@ impl Delivery {
             let Ok(Some(upstream)) = self.store.upstream_of(seq).await else {
                 continue;
             };
-            let probe = match self.may_try(&upstream) {
+            let probe = match self.down.may_try(&upstream).await {
                 Try::Now => false,
                 Try::AsProbe => true,
                 Try::Later => {
@@ -276,106 +249,9 @@ impl Delivery {
         if started || !waiting_for_probe {
             return None;
         }
-        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
-        down.values()
-            .filter(|d| !d.probing)
-            .map(|d| d.next_probe)
-            .min()
+        self.down
+            .earliest_probe()
             .or_else(|| Some(Instant::now() + Duration::from_secs(1)))
-    }
-
-    /// The down upstreams none of whose messages may be tried now (their probe is under way
-    /// or not due), and the earliest time one of them may be probed.
-    fn blocked(&self) -> (Vec<String>, Option<Instant>) {
-        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let mut blocked = Vec::new();
-        let mut next_probe: Option<Instant> = None;
-        for (upstream, d) in down.iter() {
-            if d.probing || now < d.next_probe {
-                blocked.push(upstream.clone());
-                if !d.probing {
-                    next_probe = Some(next_probe.map_or(d.next_probe, |n| n.min(d.next_probe)));
-                }
-            }
-        }
-        (blocked, next_probe)
-    }
-
-    /// Whether a message to `upstream` may be tried now: always while it is up; while it is
-    /// down, one probe per backoff step.
-    fn may_try(&self, upstream: &str) -> Try {
-        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
-        match down.get_mut(upstream) {
-            None => Try::Now,
-            Some(d) if d.probing || Instant::now() < d.next_probe => Try::Later,
-            Some(d) => {
-                d.probing = true;
-                Try::AsProbe
-            }
-        }
-    }
-
-    /// The upstream answered (or did not): its state follows. Only the first failure and
-    /// a failed probe move the backoff: attempts that were already under way when the
-    /// upstream went down fail too, and are not steps.
-    async fn upstream_seen(&self, upstream: &str, reachable: bool, probe: bool) {
-        if reachable {
-            let was_down = self
-                .down
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(upstream);
-            if !was_down {
-                return;
-            }
-            // The backlog to it drains now, not at each message's own backoff. It is made due
-            // before the upstream counts as up again: until then the scheduler starts nothing
-            // else to it, so the messages the probes were tried on do not go after the ones
-            // never tried (the backlog drains in arrival order).
-            match self.store.wake(upstream).await {
-                Ok(n) if n > 0 => tracing::info!(upstream, messages = n, "spool: backlog due"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "spool: could not wake the backlog"),
-            }
-            let removed = self
-                .down
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(upstream);
-            if let Some(d) = removed {
-                tracing::info!(
-                    upstream,
-                    down_for = ?d.since.elapsed(),
-                    "spool: delivery to the upstream resumes"
-                );
-            }
-            return;
-        }
-        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
-        match down.get_mut(upstream) {
-            Some(d) if probe => {
-                d.step += 1;
-                d.next_probe = Instant::now() + self.backoff(d.step);
-                d.probing = false;
-            }
-            Some(_) => {}
-            None => {
-                tracing::warn!(
-                    upstream,
-                    "spool: the upstream does not take messages; delivery stops, one probe per backoff step"
-                );
-                down.insert(
-                    upstream.to_owned(),
-                    Down {
-                        since: Instant::now(),
-                        step: 1,
-                        next_probe: Instant::now() + self.backoff(1),
-                        probing: false,
-                    },
-                );
-            }
-        }
     }
 
     /// One attempt of the slot's message (the probe of its down upstream when the slot is
@@ -440,8 +316,10 @@ impl Delivery {
         if let Err(e) = self.store.finish(seq, record.attempts, finish).await {
             // Counted when the retry's result is recorded, not twice.
             tracing::warn!(error = %e, seq, "spool: could not record an attempt's result; the message will be tried again");
-            self.upstream_seen(&upstream, matches!(status, Some(s) if s < 500), probe)
+            self.down
+                .seen(&upstream, matches!(status, Some(s) if s < 500), probe)
                 .await;
+            slot.probe = None;
             return;
         }
         self.observer.attempt(result);
@@ -461,22 +339,13 @@ impl Delivery {
         }
         // The upstream is down when it does not answer, or answers 5xx.
         let reachable = matches!(status, Some(s) if s < 500);
-        self.upstream_seen(&upstream, reachable, probe).await;
-    }
-
-    fn release_probe(&self, upstream: &str) {
-        if let Some(d) = self
-            .down
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(upstream)
-        {
-            d.probing = false;
-        }
+        self.down.seen(&upstream, reachable, probe).await;
+        // The probe's answer is recorded: nothing to let go of.
+        slot.probe = None;
     }
 
     fn retry(&self, record: &Record, outcome: &Outcome, client_error: bool) -> Finish {
-        let mut wait = self.backoff(record.attempts);
+        let mut wait = self.down.backoff(record.attempts);
         if let Some(after) = outcome.retry_after {
             wait = wait.max(after.min(self.settings.max_age));
         }
@@ -506,10 +375,4 @@ impl Delivery {
             "spool: message dead-lettered"
         );
     }
-}
-
-/// A fraction in [0, 1] for jitter (not secret).
-fn fraction() -> f64 {
-    let token = crate::random::hex_token(8);
-    u32::from_str_radix(&token, 16).map_or(0.5, |n| f64::from(n) / f64::from(u32::MAX))
 }

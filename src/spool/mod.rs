@@ -8,8 +8,9 @@
 //!   (`spool.backend: redis`), with the same enqueue-once guarantee; messages are Redis Streams
 //!   entries read by a consumer group, and the other replicas claim what a dead one held;
 //! - [`delivery`]: the workers that hand messages to the application, retry with backoff and
-//!   jitter, probe a down upstream once per backoff step, and dead-letter what cannot be
-//!   delivered;
+//!   jitter, and dead-letter what cannot be delivered;
+//! - [`health`]: the down upstreams, probed once per backoff step (between all the replicas
+//!   on the shared store);
 //! - this file: the records, the answers the rest of hookguard sees, and [`SpoolBackend`],
 //!   the interface both stores implement (the delivery code, the HTTP side, the admin
 //!   endpoints and the command line are the same for both).
@@ -18,10 +19,12 @@
 //! as, and hands the spool a [`Deliver`] that sends one.
 
 pub mod delivery;
+mod health;
 pub mod redis;
 mod schedule;
 pub mod store;
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -89,6 +92,61 @@ pub trait SpoolBackend: Send + Sync + 'static {
     async fn list(&self, filter: &Filter) -> Result<Vec<Record>, SpoolError>;
 
     async fn stats(&self) -> Result<StoreStats, SpoolError>;
+
+    /// The down upstreams as every replica sees them (the shared store), so that each is
+    /// probed once per backoff step between them; `None` (the embedded store): this process
+    /// is the only one delivering, its own view is the whole.
+    async fn down_upstreams(&self) -> Result<Option<HashMap<String, SharedDown>>, SpoolError> {
+        Ok(None)
+    }
+
+    /// Records `change` of an upstream's state where the replicas share it and answers what
+    /// it is now; `None` (the embedded store): nothing is shared, the caller decides alone.
+    async fn upstream_health(
+        &self,
+        _upstream: &str,
+        _change: HealthChange,
+    ) -> Result<Option<Health>, SpoolError> {
+        Ok(None)
+    }
+}
+
+/// A down upstream as the replicas share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedDown {
+    /// When its next probe may go, unix ms.
+    pub next_ms: u64,
+    /// Its backoff step (the failed probes so far, plus one).
+    pub step: u32,
+}
+
+/// A change of an upstream's state, as one replica saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    /// An attempt failed while this replica took the upstream to be up: down, probed at
+    /// `next_ms` unless another replica found it down first (its time stands).
+    FoundDown { next_ms: u64 },
+    /// This replica's probe may go now: taken for `hold_ms` (no other replica probes
+    /// meanwhile) unless its time has not come or the upstream is up.
+    Claim { hold_ms: u64 },
+    /// This replica's probe failed: the next step.
+    ProbeFailed { next_ms: u64, step: u32 },
+    /// This replica's probe ended without an answer (its message was gone): the next one
+    /// may go now, from any replica.
+    Release,
+    /// The upstream answered a probe: up again.
+    Up,
+}
+
+/// An upstream's shared state after a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Down; probed at the time it says (by whichever replica claims it then).
+    Down(SharedDown),
+    /// Down, and this replica's probe may go now.
+    Claimed(SharedDown),
+    /// Up: another replica's probe found it back.
+    Up,
 }
 
 /// The outcome of an attempt, as the store records it.

@@ -16,6 +16,8 @@
 //!   `P upstreams`: the upstreams with a schedule;
 //! - `P queued`, `P dead`: the messages of each state in arrival order (sorted sets);
 //! - `P d:<key>`: a message key seen, for `dedup_ttl` (Redis expires it);
+//! - `P down`: the upstreams some replica found down, each `next probe ms:backoff step`, so
+//!   that the replicas probe each once per step between them (the probe claimed in a script);
 //! - `P meta`: counters (the next sequence number; queued and dead counts and bytes; the
 //!   totals enqueued, delivered and ambiguous; new messages not read yet).
 //!
@@ -65,8 +67,8 @@ use redis::Script;
 use tokio::runtime::{Handle, Runtime};
 
 use super::{
-    now_ms, Enqueued, Envelope, Filter, Finish, Incoming, Record, SpoolBackend, SpoolError,
-    Started, State, StoreStats,
+    now_ms, Enqueued, Envelope, Filter, Finish, Health, HealthChange, Incoming, Record, SharedDown,
+    SpoolBackend, SpoolError, Started, State, StoreStats,
 };
 use crate::config::{RedisSettings, SpoolSettings};
 
@@ -444,6 +446,42 @@ end
 return n
 ";
 
+/// ARGV: prefix, upstream, op, now, then `found`: the next probe's time; `failed`: the next
+/// probe's time and step; `claim`: how long the probe holds it; `release`: nothing. The upstream's state in
+/// `P down` (`next_ms:step`; absent: up) after the change: {0: claimed by this replica, 1:
+/// down, 2: up; next probe ms; step}.
+const HEALTH: &str = r"
+local key, up, op, now = P .. 'down', ARGV[2], ARGV[3], tonumber(ARGV[4])
+local v = redis.call('HGET', key, up)
+local next_ms, step
+if v then
+  local i = string.find(v, ':', 1, true)
+  next_ms, step = tonumber(string.sub(v, 1, i - 1)), tonumber(string.sub(v, i + 1))
+end
+local function set(t, s)
+  redis.call('HSET', key, up, string.format('%d:%d', t, s))
+end
+if op == 'up' then
+  redis.call('HDEL', key, up)
+  return {2, 0, 0}
+elseif op == 'found' then
+  if v then return {1, next_ms, step} end
+  set(tonumber(ARGV[5]), 1)
+  return {1, tonumber(ARGV[5]), 1}
+elseif op == 'failed' then
+  set(tonumber(ARGV[5]), tonumber(ARGV[6]))
+  return {1, tonumber(ARGV[5]), tonumber(ARGV[6])}
+end
+if not v then return {2, 0, 0} end
+if op == 'release' then
+  set(now, step)
+  return {1, now, step}
+end
+if now < next_ms then return {1, next_ms, step} end
+set(now + tonumber(ARGV[5]), step)
+return {0, now + tonumber(ARGV[5]), step}
+";
+
 /// A message's fields other than its body, as `list` reads them.
 const FIELDS: [&str; 13] = [
     "env",
@@ -504,6 +542,7 @@ struct Inner {
     purge_one: Script,
     next_due: Script,
     forget_consumers: Script,
+    health: Script,
     init: Script,
 }
 
@@ -603,6 +642,7 @@ impl RedisSpool {
             purge_one: script(PURGE_ONE),
             next_due: script(NEXT_DUE),
             forget_consumers: script(FORGET_CONSUMERS),
+            health: script(HEALTH),
             init: script(INIT),
         };
         let migrated = runtime.block_on(inner.init());
@@ -1221,6 +1261,59 @@ impl SpoolBackend for RedisSpool {
                 delivered_total: get("delivered_total"),
                 ambiguous_total: get("ambiguous_total"),
             })
+        })
+        .await
+    }
+
+    async fn down_upstreams(&self) -> Result<Option<HashMap<String, SharedDown>>, SpoolError> {
+        self.run(move |inner| async move {
+            let mut conn = inner.conn.clone();
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(inner.key("down"));
+            let all: HashMap<String, String> = inner.bounded(cmd.query_async(&mut conn)).await?;
+            let parse = |v: &str| {
+                let (next, step) = v.split_once(':')?;
+                Some(SharedDown {
+                    next_ms: next.parse().ok()?,
+                    step: step.parse().ok()?,
+                })
+            };
+            Ok(Some(
+                all.into_iter()
+                    .filter_map(|(up, v)| Some((up, parse(&v)?)))
+                    .collect(),
+            ))
+        })
+        .await
+    }
+
+    async fn upstream_health(
+        &self,
+        upstream: &str,
+        change: HealthChange,
+    ) -> Result<Option<Health>, SpoolError> {
+        let upstream = upstream.to_owned();
+        self.run(move |inner| async move {
+            let mut conn = inner.conn.clone();
+            let mut call = inner.health.prepare_invoke();
+            call.arg(&inner.prefix).arg(upstream);
+            match change {
+                HealthChange::Up => call.arg("up").arg(now_ms()),
+                HealthChange::FoundDown { next_ms } => call.arg("found").arg(now_ms()).arg(next_ms),
+                HealthChange::ProbeFailed { next_ms, step } => {
+                    call.arg("failed").arg(now_ms()).arg(next_ms).arg(step)
+                }
+                HealthChange::Claim { hold_ms } => call.arg("claim").arg(now_ms()).arg(hold_ms),
+                HealthChange::Release => call.arg("release").arg(now_ms()),
+            };
+            let (code, next_ms, step): (u8, u64, u32) =
+                inner.bounded(call.invoke_async(&mut conn)).await?;
+            let down = SharedDown { next_ms, step };
+            Ok(Some(match code {
+                0 => Health::Claimed(down),
+                1 => Health::Down(down),
+                _ => Health::Up,
+            }))
         })
         .await
     }
