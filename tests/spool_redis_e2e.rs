@@ -7,7 +7,8 @@
 //! the other when the lease ends, the interrupted attempt counted ambiguous; nothing is left on
 //! the streams once delivered; a down upstream's backlog does not hold up another upstream's
 //! messages; while the app is down, one probe per backoff step, then the backlog drains, each
-//! message once; two replicas probe a down upstream once per step between them, not each; a message queued by the previous version (one sorted set) is delivered after
+//! message once; two replicas probe a down upstream once per step between them, not each (and
+//! the shared record's protocol: found down, claimed, let go of, failed, up); a message queued by the previous version (one sorted set) is delivered after
 //! the upgrade; Redis SIGKILLed and restarted on its append-only file loses no queued message;
 //! after a Redis restarted without its data, the group is made again and new messages are
 //! delivered; replicas gone are removed from the group, never one with entries pending;
@@ -1096,4 +1097,104 @@ fn replicas_gone_are_removed_from_the_group_but_never_with_entries_pending() {
         ["gone-with-pending"],
         "the one holding an entry stays"
     );
+}
+
+#[cfg_attr(
+    not(hookguard_redis),
+    ignore = "needs redis-server on PATH (apt-get install redis-server)"
+)]
+#[test]
+fn the_replicas_shared_down_record_gives_each_probe_to_one_replica() {
+    use hookguard::spool::{Health, HealthChange, SharedDown, SpoolBackend};
+    let Some(redis) =
+        TestRedis::shared("the_replicas_shared_down_record_gives_each_probe_to_one_replica")
+    else {
+        return;
+    };
+    let prefix = unique_prefix("spool-health");
+    let settings = hookguard::config::RedisSettings {
+        url: hookguard::secret::Secret::new(redis.url.clone()),
+        display: "test redis".into(),
+        prefix,
+        timeout: Duration::from_secs(1),
+        tls: Default::default(),
+    };
+    let open = || {
+        hookguard::spool::RedisSpool::open(
+            &settings,
+            &hookguard::config::SpoolSettings::default(),
+            Box::new(|_| {}),
+        )
+        .expect("open")
+    };
+    let (a, b) = (open(), open());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let up = "127.0.0.1:9";
+    let change = |spool: &hookguard::spool::RedisSpool, c| {
+        runtime
+            .block_on(spool.upstream_health(up, c))
+            .unwrap()
+            .expect("shared")
+    };
+    let now = hookguard::spool::now_ms();
+    let hold_ms = 60_000;
+    let claim = HealthChange::Claim { hold_ms };
+
+    assert_eq!(change(&a, claim), Health::Up, "nothing recorded: up");
+    // A finds it down first; B's own first failure adopts A's time and step.
+    let first = SharedDown {
+        next_ms: now + 100,
+        step: 1,
+    };
+    assert_eq!(
+        change(&a, HealthChange::FoundDown { next_ms: now + 100 }),
+        Health::Down(first)
+    );
+    assert_eq!(
+        change(&b, HealthChange::FoundDown { next_ms: now + 999 }),
+        Health::Down(first)
+    );
+    assert_eq!(change(&b, claim), Health::Down(first), "not due yet");
+    let listed = runtime
+        .block_on(b.down_upstreams())
+        .unwrap()
+        .expect("shared");
+    assert_eq!(listed.get(up), Some(&first));
+    // Due: the first to claim probes; the other waits for the claim's hold.
+    std::thread::sleep(Duration::from_millis(120));
+    let Health::Claimed(held) = change(&b, claim) else {
+        panic!("B's claim")
+    };
+    assert!(held.next_ms >= now + hold_ms, "{held:?}");
+    assert_eq!(change(&a, claim), Health::Down(held));
+    // B's probe ended without an answer: the next may go at once, from A.
+    change(&b, HealthChange::Release);
+    assert!(matches!(change(&a, claim), Health::Claimed(_)));
+    // A's probe failed: the next step, at its time, for both.
+    let second = SharedDown {
+        next_ms: now + 60_000,
+        step: 2,
+    };
+    assert_eq!(
+        change(
+            &a,
+            HealthChange::ProbeFailed {
+                next_ms: second.next_ms,
+                step: 2
+            }
+        ),
+        Health::Down(second)
+    );
+    assert_eq!(change(&b, claim), Health::Down(second));
+    // Answered: up for both, and the record is gone.
+    assert_eq!(change(&a, HealthChange::Up), Health::Up);
+    assert_eq!(change(&b, claim), Health::Up);
+    let listed = runtime
+        .block_on(b.down_upstreams())
+        .unwrap()
+        .expect("shared");
+    assert!(listed.is_empty(), "{listed:?}");
 }
