@@ -180,6 +180,11 @@ impl Delivery {
     async fn dispatch(self: &Arc<Self>) -> Option<Instant> {
         let batch = self.settings.workers * 4;
         self.down.refresh().await;
+        // Every worker busy: nothing could start (woken when one is free). Asking the store
+        // for the due messages anyway cost the scheduler a scan per delivery.
+        if self.workers.available_permits() == 0 {
+            return None;
+        }
         // A down upstream's messages are not asked for until its probe is due: however many
         // there are, they do not stand in front of the other upstreams' (embedded store).
         let (blocked, _) = self.down.blocked();
@@ -192,7 +197,11 @@ impl Delivery {
         // four places, interleaved, since the loop below stops at the first busy worker.
         if due.len() == batch {
             if let Ok(newest) = self.store.due(now_ms(), batch / 4, true, &blocked).await {
-                let newest: Vec<_> = newest.into_iter().filter(|n| !due.contains(n)).collect();
+                let in_due: HashSet<u64> = due.iter().map(|&(_, seq)| seq).collect();
+                let newest: Vec<_> = newest
+                    .into_iter()
+                    .filter(|(_, seq)| !in_due.contains(seq))
+                    .collect();
                 due.truncate(batch - newest.len());
                 let oldest = std::mem::take(&mut due);
                 let mut newest = newest.into_iter();
