@@ -835,20 +835,34 @@ fn while_the_app_is_down_one_probe_per_step_then_the_backlog_drains_once() {
         outage.elapsed()
     );
     upstream.clear_script();
-    eventually(Duration::from_secs(5), "the backlog drained", || {
-        stats(&proxy)["delivered_total"] == 20
-    });
-    let after: Vec<String> = ids(&upstream)[during..].to_vec();
-    let mut once: Vec<&String> = after.iter().collect();
-    once.sort();
-    once.dedup();
-    assert_eq!(once.len(), after.len(), "each delivered once: {after:?}");
+    assert_backlog_drains_once(&upstream, during, &[&proxy], 20, &redis, &prefix);
     for id in &queued {
         assert!(ids(&upstream).contains(id), "{id} never tried");
     }
-    assert_eq!(stats(&proxy)["queued"], 0);
+}
+
+/// Once the application answers again: the backlog of `total` messages is delivered, each
+/// message once after the first `during` attempts, none queued at any of the `replicas`, and
+/// nothing left on the streams.
+fn assert_backlog_drains_once(
+    upstream: &Upstream,
+    during: usize,
+    replicas: &[&Proxy],
+    total: u64,
+    redis: &TestRedis,
+    prefix: &str,
+) {
+    eventually(Duration::from_secs(10), "the backlog drained", || {
+        stats(replicas[0])["delivered_total"] == total
+    });
+    let after: Vec<String> = ids(upstream)[during..].to_vec();
+    let once: HashSet<&String> = after.iter().collect();
+    assert_eq!(once.len(), after.len(), "each delivered once: {after:?}");
+    for proxy in replicas {
+        assert_eq!(stats(proxy)["queued"], 0);
+    }
     let mut conn = redis.conn();
-    assert_streams_empty(&mut conn, &prefix);
+    assert_streams_empty(&mut conn, prefix);
 }
 
 #[cfg_attr(
@@ -894,15 +908,7 @@ fn two_replicas_probe_a_down_upstream_once_per_step_between_them() {
     upstream.clear_script();
     // Whichever replica's probe finds it back, both deliver again: the backlog drains, each
     // message once.
-    eventually(Duration::from_secs(10), "the backlog drained", || {
-        stats(&a)["delivered_total"] == 20
-    });
-    let after: Vec<String> = ids(&upstream)[during..].to_vec();
-    let once: HashSet<&String> = after.iter().collect();
-    assert_eq!(once.len(), after.len(), "each delivered once: {after:?}");
-    assert_eq!(stats(&b)["queued"], 0);
-    let mut conn = redis.conn();
-    assert_streams_empty(&mut conn, &prefix);
+    assert_backlog_drains_once(&upstream, during, &[&a, &b], 20, &redis, &prefix);
 }
 
 #[cfg_attr(
