@@ -97,7 +97,8 @@ impl Drop for Slot {
             .remove(&self.seq);
         if let Some(upstream) = self.probe.take() {
             // A probe that ended without an answer recorded (its message was gone, or could
-            // not be started): the next one may go at its time.
+            // not be started): the next one may go at once. A probe whose answer was recorded
+            // has no upstream here any more (its step is set).
             d.down.release_probe(upstream);
         }
         // The worker is free before the scheduler is woken to use it.
